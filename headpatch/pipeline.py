@@ -1,0 +1,72 @@
+"""The PEAR steps over a loaded model, each taking and returning a plain record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from headpatch.architectures import head_layout
+from headpatch.errors import HeadpatchError
+from headpatch.export import export_checkpoint
+from headpatch.heads import Head, check_heads, format_head
+from headpatch.loading import LoadedModel, load_model
+from headpatch.locate import LocateOptions, locate_heads
+from headpatch.record import check_fits, located_heads, new_record, with_location, with_training
+from headpatch.train import TrainOptions, train_coefficients
+
+
+def base_record(loaded: LoadedModel) -> dict[str, Any]:
+    """An empty record for this model."""
+    return new_record(loaded.source.name, loaded.source.base_model, head_layout(loaded.model.config))
+
+
+def check_k(loaded: LoadedModel, k: int) -> None:
+    """Fail before any computation when K cannot be satisfied."""
+    total = head_layout(loaded.model.config).total_heads
+    if not 1 <= k <= total:
+        raise HeadpatchError(f"K={k} is out of range: the model has {total} heads")
+
+
+def locate_step(loaded: LoadedModel, options: LocateOptions, k: int, show_progress: bool = True) -> dict[str, Any]:
+    """Score every head and keep the top K as suppression heads."""
+    check_k(loaded, k)
+    layout = head_layout(loaded.model.config)
+    result = locate_heads(loaded.model, loaded.tokenizer, layout, options, show_progress)
+    return with_location(base_record(loaded), result, options, k)
+
+
+def given_heads_record(loaded: LoadedModel, heads: Sequence[Head]) -> dict[str, Any]:
+    """A record for heads the user chose, e.g. a published list."""
+    check_heads(heads, head_layout(loaded.model.config))
+    location = {"method": "given by the user", "k": len(heads)}
+    return {**base_record(loaded), "pear": {"heads": [format_head(h) for h in heads], "location": location}}
+
+
+def train_step(
+    loaded: LoadedModel, record: dict[str, Any], options: TrainOptions, show_progress: bool = True
+) -> dict[str, Any]:
+    """Learn one coefficient per located head."""
+    layout = head_layout(loaded.model.config)
+    check_fits(record, layout)
+    result = train_coefficients(loaded.model, loaded.tokenizer, layout, located_heads(record), options, show_progress)
+    return with_training(record, result, options)
+
+
+def stored_dtype(loaded: LoadedModel) -> Any:
+    """The dtype the source checkpoint stores its weights in (None if it does not say)."""
+    from transformers import AutoConfig
+
+    kwargs = {"revision": loaded.source.revision} if loaded.source.revision else {}
+    return AutoConfig.from_pretrained(loaded.source.location, **kwargs).dtype
+
+
+def export_step(loaded: LoadedModel, record: dict[str, Any], out: str | Path, overwrite: bool = False) -> Path:
+    """Fold the record into the model in the checkpoint's own dtype and write the export."""
+    target = loaded
+    stored = stored_dtype(loaded)
+    if stored is not None and loaded.model.dtype != stored:
+        target = load_model(loaded.source.name, dtype="auto", revision=loaded.source.revision)
+    source_dir = Path(loaded.source.location)
+    return export_checkpoint(
+        target.model, target.tokenizer, record, out, overwrite, source_dir if source_dir.is_dir() else None
+    )

@@ -1,0 +1,103 @@
+"""The PEAR proxy task: random token sequences repeated once, x_1..x_n x_1..x_n."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+# Each purpose draws from its own seed stream, so evaluation never reuses location or training sequences.
+PURPOSES = ("locate", "train", "eval")
+
+
+@dataclass(frozen=True)
+class CopyBatch:
+    """`samples` proxy sequences, each `prefix` special tokens then 2n sampled tokens."""
+
+    input_ids: torch.Tensor  # [samples, prefix + 2n]
+    n: int
+    prefix: int
+
+    @property
+    def scored_position(self) -> int:
+        """Position whose prediction (x_n) PEAR location scores: 0-based 2n-2 after the prefix."""
+        return self.prefix + 2 * self.n - 2
+
+    @property
+    def copy_positions(self) -> slice:
+        """Positions whose next token is copyable from the first half (predicting x_2..x_n of the repeat)."""
+        return slice(self.prefix + self.n, self.prefix + 2 * self.n - 1)
+
+
+def sampleable_ids(vocab_size: int, tokenizer: Any = None, config: Any = None) -> torch.Tensor:
+    """Token ids the task may sample: the vocabulary without special or added tokens."""
+    excluded: set[int] = set()
+    if tokenizer is not None:
+        excluded.update(tokenizer.all_special_ids)
+        excluded.update(getattr(tokenizer, "added_tokens_decoder", {}).keys())
+        vocab_size = min(vocab_size, len(tokenizer))
+    if config is not None:
+        for key in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+            value = getattr(config, key, None)
+            excluded.update(value if isinstance(value, list) else [value] if value is not None else [])
+    keep = torch.ones(vocab_size, dtype=torch.bool)
+    keep[[i for i in excluded if 0 <= i < vocab_size]] = False
+    return keep.nonzero().flatten()
+
+
+def special_prefix(tokenizer: Any) -> list[int]:
+    """The special tokens the tokenizer puts before any text (e.g. Llama's BOS), so proxy inputs look like real ones."""
+    if tokenizer is None:
+        return []
+    return list(tokenizer("", add_special_tokens=True)["input_ids"])
+
+
+def seed_for(purpose: str, seed: int, samples: int, n: int) -> int:
+    """A stable seed per (purpose, seed, setting); different purposes never share a stream."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}")
+    return zlib.crc32(f"headpatch:{purpose}:{seed}:{samples}:{n}".encode())
+
+
+def copy_batch(
+    vocab: torch.Tensor, samples: int, n: int, seed: int, purpose: str, prefix: list[int] | None = None
+) -> CopyBatch:
+    """Sample a reproducible batch of repeated random-token sequences."""
+    generator = torch.Generator().manual_seed(seed_for(purpose, seed, samples, n))
+    picks = torch.randint(len(vocab), (samples, n), generator=generator)
+    tokens = vocab[picks]
+    prefix = prefix or []
+    head = torch.tensor(prefix, dtype=torch.long).expand(samples, len(prefix))
+    return CopyBatch(torch.cat([head, tokens, tokens], dim=1), n, len(prefix))
+
+
+def copy_logits(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
+    """Logits at the copyable positions only; the vocabulary projection of the other positions is skipped."""
+    keep = ids.shape[1] - batch.copy_positions.start
+    return model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits[:, : batch.n - 1]
+
+
+def copy_targets(ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
+    """The tokens the copyable positions should predict."""
+    return ids[:, batch.copy_positions.start + 1 : batch.copy_positions.stop + 1]
+
+
+def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
+    """Mean next-token loss over the copyable second half only."""
+    logits = copy_logits(model, ids, batch).float()
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), copy_targets(ids, batch).flatten())
+
+
+@torch.no_grad()
+def copy_accuracy(model: Any, batch: CopyBatch, chunk: int = 20) -> float:
+    """Fraction of copyable positions where the model's top token is the copied one."""
+    device = next(model.parameters()).device
+    hits = total = 0
+    for start in range(0, len(batch.input_ids), chunk):
+        ids = batch.input_ids[start : start + chunk].to(device)
+        targets = copy_targets(ids, batch)
+        hits += (copy_logits(model, ids, batch).argmax(-1) == targets).sum().item()
+        total += targets.numel()
+    return hits / total

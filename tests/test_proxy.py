@@ -1,0 +1,53 @@
+import torch
+
+from headpatch.proxy import copy_batch, sampleable_ids, seed_for, special_prefix
+
+
+def test_batches_are_reproducible_and_repeat_their_first_half():
+    vocab = torch.arange(5, 100)
+    a = copy_batch(vocab, 4, 10, seed=3, purpose="train", prefix=[1])
+    b = copy_batch(vocab, 4, 10, seed=3, purpose="train", prefix=[1])
+    assert torch.equal(a.input_ids, b.input_ids)
+    assert a.input_ids.shape == (4, 21)
+    assert torch.equal(a.input_ids[:, 1:11], a.input_ids[:, 11:])
+    assert (a.input_ids[:, 0] == 1).all()
+    assert a.scored_position == 1 + 2 * 10 - 2
+    assert a.input_ids[0, a.scored_position + 1] == a.input_ids[0, 10]  # predicting x_n
+
+
+def test_purposes_and_seeds_draw_different_sequences():
+    vocab = torch.arange(5, 1000)
+    batches = [copy_batch(vocab, 4, 10, seed, purpose).input_ids for purpose in ("locate", "train", "eval") for seed in (0, 1)]
+    assert all(not torch.equal(x, y) for i, x in enumerate(batches) for y in batches[i + 1:])
+    assert len({seed_for(p, 0, 4, 10) for p in ("locate", "train", "eval")}) == 3
+
+
+def test_special_and_added_tokens_are_never_sampled(smollm2):
+    tokenizer, config = smollm2.tokenizer, smollm2.model.config
+    vocab = sampleable_ids(config.vocab_size, tokenizer, config)
+    banned = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
+    assert banned and not banned & set(vocab.tolist())
+    batch = copy_batch(vocab, 50, 200, 0, "locate", special_prefix(tokenizer))
+    assert not banned & set(batch.input_ids.flatten().tolist())
+
+
+def test_config_special_ids_are_excluded_without_a_tokenizer():
+    class Config:
+        bos_token_id, eos_token_id, pad_token_id = 1, [2, 7], 0
+
+    vocab = sampleable_ids(10, None, Config()).tolist()
+    assert vocab == [3, 4, 5, 6, 8, 9]
+
+
+def test_copy_logits_are_the_full_forward_at_the_copyable_positions():
+    from headpatch.proxy import copy_logits, copy_targets
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama")
+    batch = copy_batch(torch.arange(3, 300), 3, 9, 0, "eval", prefix=[1])
+    with torch.no_grad():
+        full = model(batch.input_ids).logits
+        kept = copy_logits(model, batch.input_ids, batch)
+    assert kept.shape[1] == batch.n - 1
+    torch.testing.assert_close(kept, full[:, batch.copy_positions], atol=1e-5, rtol=0)
+    assert torch.equal(copy_targets(batch.input_ids, batch), batch.input_ids[:, 1 + 9 + 1:])
