@@ -31,6 +31,16 @@ Ia3Opt = typer.Option(None, help="also save the coefficients as a peft IA3 adapt
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars.")
 
 
+def _progress(quiet: bool) -> bool:
+    """Silence transformers' own bars and warnings too when asked to be quiet; return whether to show ours."""
+    if quiet:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    return not quiet
+
+
 def _settings(text: str) -> tuple[tuple[int, int], ...]:
     try:
         pairs = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())
@@ -92,10 +102,11 @@ def locate(
     from headpatch.pipeline import check_k, locate_step
     from headpatch.record import write_record
 
+    show = _progress(quiet)
     options = _locate_options(settings, mean_vector, propagation, seed)
     loaded = load_model(model, dtype, device, revision)
     check_k(loaded, k)
-    record = locate_step(loaded, options, k, show_progress=not quiet)
+    record = locate_step(loaded, options, k, show_progress=show)
     write_record(record, output)
     typer.echo(f"top {k} suppression heads: {', '.join(record['pear']['heads'])} -> {output}")
 
@@ -114,9 +125,10 @@ def train(
     from headpatch.pipeline import train_step
     from headpatch.record import write_record
 
+    show = _progress(quiet)
     options = _train_options(steps, batch_size, n, lr, warmup, seed)
     loaded = load_model(model, dtype, device, revision)
-    record = train_step(loaded, _heads_record(loaded, heads), options, show_progress=not quiet)
+    record = train_step(loaded, _heads_record(loaded, heads), options, show_progress=show)
     write_record(record, output)
     _save_ia3(loaded, record, ia3)
     training = record["pear"]["training"]
@@ -145,6 +157,7 @@ def export(
     from headpatch.pipeline import check_k, export_step, locate_step, train_step
     from headpatch.record import read_record
 
+    show = _progress(quiet)
     check_output_dir(output, overwrite)
     record = read_record(patch) if patch is not None else None
     locate_options = _locate_options(settings, mean_vector, propagation, seed)
@@ -155,8 +168,8 @@ def export(
             record = _heads_record(loaded, heads)
         else:
             check_k(loaded, k)
-            record = locate_step(loaded, locate_options, k, show_progress=not quiet)
-        record = train_step(loaded, record, train_options, show_progress=not quiet)
+            record = locate_step(loaded, locate_options, k, show_progress=show)
+        record = train_step(loaded, record, train_options, show_progress=show)
     _save_ia3(loaded, record, ia3)
     out = export_step(loaded, record, output, overwrite)
     typer.echo(f"exported {len(record['pear']['coefficients'])} patched heads -> {out}")
