@@ -116,6 +116,7 @@ def train(
     model: str = ModelArg,
     heads: str = typer.Option(..., help="heads.json from `locate`, or a list such as '14-22,13-16'."),
     output: Path = typer.Option(..., "-o", "--output", help="where to write patch.json."),
+    k: Optional[int] = typer.Option(None, "--k", help="re-pick the top K from the located scores in --heads."),
     steps: int = StepsOpt, batch_size: int = BatchOpt, n: int = NOpt, lr: float = LrOpt, warmup: int = WarmupOpt,
     seed: int = SeedOpt, dtype: str = DtypeOpt, device: str = DeviceOpt, revision: Optional[str] = RevisionOpt,
     ia3: Optional[Path] = Ia3Opt, quiet: bool = QuietOpt,
@@ -123,12 +124,15 @@ def train(
     """Learn one coefficient per head with the model frozen."""
     from headpatch.loading import load_model
     from headpatch.pipeline import train_step
-    from headpatch.record import write_record
+    from headpatch.record import with_top_k, write_record
 
     show = _progress(quiet)
     options = _train_options(steps, batch_size, n, lr, warmup, seed)
     loaded = load_model(model, dtype, device, revision)
-    record = train_step(loaded, _heads_record(loaded, heads), options, show_progress=show)
+    record = _heads_record(loaded, heads)
+    if k is not None:
+        record = with_top_k(record, k)
+    record = train_step(loaded, record, options, show_progress=show)
     write_record(record, output)
     _save_ia3(loaded, record, ia3)
     training = record["pear"]["training"]

@@ -75,6 +75,18 @@ def _evaluation(evaluation: Any) -> dict[str, Any]:
     return {"loss": round(evaluation.loss, 6), "copy_accuracy": {str(n): round(a, 4) for n, a in evaluation.accuracy.items()}}
 
 
+def with_top_k(record: dict[str, Any], k: int) -> dict[str, Any]:
+    """Re-pick the top K heads from the scores a location step recorded (no re-location needed)."""
+    scores = record.get("pear", {}).get("location", {}).get("scores")
+    if not scores:
+        raise HeadpatchError("the record holds no location scores to choose K heads from; run `headpatch locate`")
+    if not 1 <= k <= len(scores):
+        raise HeadpatchError(f"K={k} is out of range: the model has {len(scores)} heads")
+    ranked = sorted(scores, key=lambda head: scores[head], reverse=True)
+    location = {**record["pear"]["location"], "k": k}
+    return {**record, "pear": {"heads": ranked[:k], "location": location}}
+
+
 def located_heads(record: dict[str, Any]) -> list[Head]:
     """The PEAR heads of a record, in rank order."""
     try:

@@ -12,37 +12,42 @@ from headpatch.proxy import CopyBatch
 
 
 @torch.no_grad()
-def naive_head_effects(model: Any, batch: CopyBatch, layout: HeadLayout, options: LocateOptions) -> torch.Tensor:
-    """Δπ per head by re-running the whole sequence once per head with that head mean-ablated at the scored position."""
+def naive_head_effects(
+    model: Any, batch: CopyBatch, layout: HeadLayout, options: LocateOptions, heads: list[tuple[int, int]] | None = None
+) -> torch.Tensor:
+    """Δπ per head by re-running the whole sequence once per head with that head mean-ablated at the scored position.
+
+    `heads` restricts the work to some heads (the others stay 0), for benchmarks that time a sample.
+    """
     modules = o_proj_modules(model, layout)
     clean = clean_run(model, batch, layout, options.mean_vector)
     s = batch.scored_position
     ids = batch.input_ids.to(next(model.parameters()).device)
     effects = torch.zeros(layout.num_layers, layout.num_heads)
-    for layer in range(layout.num_layers):
-        for head in range(layout.num_heads):
-            cols = slice(head * layout.head_dim, (head + 1) * layout.head_dim)
+    every = [(layer, head) for layer in range(layout.num_layers) for head in range(layout.num_heads)]
+    for layer, head in heads or every:
+        cols = slice(head * layout.head_dim, (head + 1) * layout.head_dim)
 
-            def ablate(module, args, layer=layer, cols=cols):
-                x = args[0].clone()
-                x[:, s, cols] = clean.means[layer][:, cols].to(x.dtype)
-                return (x,) + tuple(args[1:])
+        def ablate(module, args, layer=layer, cols=cols):
+            x = args[0].clone()
+            x[:, s, cols] = clean.means[layer][:, cols].to(x.dtype)
+            return (x,) + tuple(args[1:])
 
-            handles = [modules[layer].register_forward_pre_hook(ablate)]
-            if options.propagation == "direct":
-                for later in range(layer + 1, layout.num_layers):
+        handles = [modules[layer].register_forward_pre_hook(ablate)]
+        if options.propagation == "direct":
+            for later in range(layer + 1, layout.num_layers):
 
-                    def freeze(module, args, output, later=later):
-                        output = output.clone()
-                        output[:, s] = clean.attn_out[later].to(output.dtype)
-                        return output
+                def freeze(module, args, output, later=later):
+                    output = output.clone()
+                    output[:, s] = clean.attn_out[later].to(output.dtype)
+                    return output
 
-                    handles.append(modules[later].register_forward_hook(freeze))
-            try:
-                logits = model(input_ids=ids, use_cache=False).logits[:, s].float()
-            finally:
-                for handle in handles:
-                    handle.remove()
-            picked = logits.gather(1, clean.target[:, None]).squeeze(1)
-            effects[layer, head] = (picked / clean.logit - 1).mean().cpu()
+                handles.append(modules[later].register_forward_hook(freeze))
+        try:
+            logits = model(input_ids=ids, use_cache=False).logits[:, s].float()
+        finally:
+            for handle in handles:
+                handle.remove()
+        picked = logits.gather(1, clean.target[:, None]).squeeze(1)
+        effects[layer, head] = (picked / clean.logit - 1).mean().cpu()
     return effects

@@ -132,3 +132,16 @@ def test_demo_model_end_to_end_through_the_cli(tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert len(config["headpatch"]["pear"]["coefficients"]) == 4
     assert torch.tensor(list(config["headpatch"]["pear"]["coefficients"].values())).ne(1.0).any()
+
+
+def test_train_can_repick_k_from_located_scores(tmp_path, tiny_dir):
+    heads = tmp_path / "heads.json"
+    assert run_cli("locate", str(tiny_dir), "-o", str(heads), "--k", "2", *QUICK_LOCATE).returncode == 0
+    located = json.loads(heads.read_text())
+    scores = located["pear"]["location"]["scores"]
+    patch = tmp_path / "patch.json"
+    result = run_cli("train", str(tiny_dir), "--heads", str(heads), "--k", "5", "-o", str(patch), *QUICK_TRAIN)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(patch.read_text())
+    assert record["pear"]["heads"] == sorted(scores, key=scores.get, reverse=True)[:5]
+    assert record["pear"]["location"]["k"] == 5 and len(record["pear"]["coefficients"]) == 5
