@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -76,11 +76,12 @@ class LocateResult:
 
 
 @contextmanager
-def _hooks(register: Sequence[Callable[[], Any]]) -> Iterator[None]:
-    with ExitStack() as stack:
-        for add in register:
-            stack.callback(add().remove)
+def _removed_after(handles: list[Any]) -> Iterator[None]:
+    try:
         yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @torch.no_grad()
@@ -102,7 +103,7 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
     device = next(model.parameters()).device
     ids = batch.input_ids.to(device)
     after = ids.shape[1] - s
-    with _hooks([lambda m=m, i=i: m.register_forward_hook(capture(i)) for i, m in enumerate(modules)]):
+    with _removed_after([module.register_forward_hook(capture(i)) for i, module in enumerate(modules)]):
         output = model(input_ids=ids, use_cache=True, logits_to_keep=after)
     # An intervention at s leaves every earlier position untouched, so their keys and values are reused.
     output.past_key_values.crop(-after)
@@ -160,15 +161,13 @@ def head_effects(
             if copies not in repeated:
                 repeated[copies] = copy.deepcopy(clean.cache)
                 repeated[copies].batch_repeat_interleave(copies)
-            register = [lambda: modules[layer].register_forward_pre_hook(
-                ablate_hook(clean.means[layer], heads, layout))]
+            handles = [modules[layer].register_forward_pre_hook(ablate_hook(clean.means[layer], heads, layout))]
             if options.propagation == "direct":
-                register += [
-                    lambda m=modules[later], o=clean.attn_out[later]: m.register_forward_hook(
-                        freeze_hook(o, copies))
+                handles += [
+                    modules[later].register_forward_hook(freeze_hook(clean.attn_out[later], copies))
                     for later in range(layer + 1, layout.num_layers)
                 ]
-            with _hooks(register):
+            with _removed_after(handles):
                 logits = model(
                     input_ids=scored_ids.repeat_interleave(copies, 0), past_key_values=repeated[copies], use_cache=True
                 ).logits[:, -1].float()

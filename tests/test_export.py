@@ -172,3 +172,17 @@ def test_a_patch_for_another_model_is_refused(tmp_path):
     with pytest.raises(HeadpatchError, match="another model"):
         export_checkpoint(other, None, record, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_export_writes_the_stored_dtype_even_after_float32_training(tmp_path):
+    tiny_model("llama").to(torch.bfloat16).save_pretrained(tmp_path / "base")
+    loaded = load_model(str(tmp_path / "base"), dtype="float32")
+    assert loaded.model.dtype == torch.float32
+    record = given_heads_record(loaded, [(1, 1)])
+    record["pear"]["coefficients"] = {"1-1": 0.75}
+    out = export_step(loaded, record, tmp_path / "out")
+    tensors = load_file(out / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    base = load_file(tmp_path / "base" / "model.safetensors")
+    name = "model.layers.1.self_attn.o_proj.weight"
+    assert torch.equal(tensors[name][:, 24:48], (base[name][:, 24:48].float() * 0.75).to(torch.bfloat16))
