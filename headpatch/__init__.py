@@ -9,10 +9,11 @@ from headpatch.fold import fold_model  # noqa: E402
 from headpatch.ia3 import save_ia3_adapter  # noqa: E402
 from headpatch.loading import load_model  # noqa: E402
 from headpatch.locate import LocateOptions, locate_heads  # noqa: E402
+from headpatch.qrhead import QRRetriever  # noqa: E402
 from headpatch.scaling import HeadScaling, scaled_heads  # noqa: E402
 from headpatch.train import TrainOptions, train_coefficients  # noqa: E402
 
 __all__ = [
-    "HeadScaling", "HeadpatchError", "LocateOptions", "TrainOptions", "export_checkpoint", "fold_model", "head_layout",
+    "HeadScaling", "HeadpatchError", "LocateOptions", "QRRetriever", "TrainOptions", "export_checkpoint", "fold_model", "head_layout",
     "load_model", "locate_heads", "save_ia3_adapter", "scaled_heads", "supported_model_types", "train_coefficients",
 ]

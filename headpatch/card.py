@@ -53,6 +53,26 @@ def _figures_section(pear: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _qrhead_section(qrhead: dict[str, Any], repo_hint: str) -> list[str]:
+    if not qrhead:
+        return []
+    detection = qrhead.get("detection", {})
+    return [
+        "## Query-focused retrieval heads",
+        "",
+        f"QRHead ([arXiv 2506.09944](https://arxiv.org/abs/2506.09944)) heads detected on {detection.get('data')} "
+        f"({detection.get('examples')} examples), in rank order: `{','.join(qrhead['heads'])}`. "
+        "Their attention from a query to each passage scores the passage, so the checkpoint reranks with itself:",
+        "",
+        "```python",
+        "from headpatch import QRRetriever",
+        f'retriever = QRRetriever.from_pretrained("{repo_hint}")',
+        "retriever.rerank(query, passages, top_k=5)  # [(index, score), ...]",
+        "```",
+        "",
+    ]
+
+
 def render_card(record: dict[str, Any], repo_hint: str = "path/to/this/checkpoint") -> str:
     """The README.md of an exported checkpoint."""
     data = ModelCardData(
@@ -60,7 +80,7 @@ def render_card(record: dict[str, Any], repo_hint: str = "path/to/this/checkpoin
         base_model_relation="finetune",
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["headpatch", "pear"],
+        tags=["headpatch", "pear", *(["qrhead"] if record.get("qrhead") else [])],
     )
     pear = record.get("pear", {})
     body = [
@@ -82,6 +102,7 @@ def render_card(record: dict[str, Any], repo_hint: str = "path/to/this/checkpoin
         "",
         *_figures_section(pear),
         "",
+        *_qrhead_section(record.get("qrhead", {}), repo_hint),
         "The full record (heads, coefficients, settings, results) is in `config.json` under the key `headpatch`.",
         "",
     ]

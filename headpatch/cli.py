@@ -8,7 +8,10 @@ from typing import Any, Optional
 
 import typer
 
+from headpatch.console import progress_enabled
 from headpatch.errors import HeadpatchError
+from headpatch.qrhead.cli import app as qrhead_app
+from headpatch.qrhead.cli import rerank
 
 app = typer.Typer(help="Make a causal LM read its context better and ship it as an ordinary checkpoint.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -29,16 +32,6 @@ LrOpt = typer.Option(5e-3, help="AdamW learning rate.")
 WarmupOpt = typer.Option(2, help="linear warm-up steps.")
 Ia3Opt = typer.Option(None, help="also save the coefficients as a peft IA3 adapter in this directory.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars.")
-
-
-def _progress(quiet: bool) -> bool:
-    """Silence transformers' own bars and warnings too when asked to be quiet; return whether to show ours."""
-    if quiet:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    return not quiet
 
 
 def _settings(text: str) -> tuple[tuple[int, int], ...]:
@@ -102,7 +95,7 @@ def locate(
     from headpatch.pipeline import check_k, locate_step
     from headpatch.record import write_record
 
-    show = _progress(quiet)
+    show = progress_enabled(quiet)
     options = _locate_options(settings, mean_vector, propagation, seed)
     loaded = load_model(model, dtype, device, revision)
     check_k(loaded, k)
@@ -126,7 +119,7 @@ def train(
     from headpatch.pipeline import train_step
     from headpatch.record import with_top_k, write_record
 
-    show = _progress(quiet)
+    show = progress_enabled(quiet)
     options = _train_options(steps, batch_size, n, lr, warmup, seed)
     loaded = load_model(model, dtype, device, revision)
     record = _heads_record(loaded, heads)
@@ -154,16 +147,24 @@ def export(
     steps: int = StepsOpt, batch_size: int = BatchOpt, n: int = NOpt, lr: float = LrOpt, warmup: int = WarmupOpt,
     seed: int = SeedOpt, dtype: str = DtypeOpt, device: str = DeviceOpt, revision: Optional[str] = RevisionOpt,
     ia3: Optional[Path] = Ia3Opt, quiet: bool = QuietOpt,
+    qrhead_data: Optional[str] = typer.Option(
+        None, help="also detect QR heads: labelled QRHead JSON/JSONL, or 'builtin' for the built-in set."),
+    qrhead_k: Optional[int] = typer.Option(None, help="QR heads to keep; default 16 (32 for models of 10B+)."),
 ) -> None:
     """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
     from headpatch.export import check_output_dir
     from headpatch.loading import load_model
-    from headpatch.pipeline import check_k, export_step, locate_step, train_step
+    from headpatch.pipeline import check_k, export_step, locate_step, qrhead_step, train_step
+    from headpatch.qrhead.cli import BUILTIN_DOCS, detection_examples
     from headpatch.record import read_record
 
-    show = _progress(quiet)
+    show = progress_enabled(quiet)
     check_output_dir(output, overwrite)
     record = read_record(patch) if patch is not None else None
+    qrhead_examples = None  # read before any model work, so bad data fails fast
+    if qrhead_data is not None:
+        data = None if qrhead_data == "builtin" else Path(qrhead_data)
+        qrhead_examples = detection_examples(data, None, BUILTIN_DOCS, seed)
     locate_options = _locate_options(settings, mean_vector, propagation, seed)
     train_options = _train_options(steps, batch_size, n, lr, warmup, seed)
     loaded = load_model(model, dtype, device, revision)
@@ -174,9 +175,15 @@ def export(
             check_k(loaded, k)
             record = locate_step(loaded, locate_options, k, show_progress=show)
         record = train_step(loaded, record, train_options, show_progress=show)
+    if qrhead_examples:
+        record = qrhead_step(loaded, record, *qrhead_examples, qrhead_k, show_progress=show)
     _save_ia3(loaded, record, ia3)
     out = export_step(loaded, record, output, overwrite)
     typer.echo(f"exported {len(record['pear']['coefficients'])} patched heads -> {out}")
+
+
+app.add_typer(qrhead_app, name="qrhead")
+app.command()(rerank)
 
 
 def main() -> None:

@@ -11,7 +11,8 @@ from headpatch.export import export_checkpoint
 from headpatch.heads import Head, check_heads, format_head
 from headpatch.loading import LoadedModel, load_model
 from headpatch.locate import LocateOptions, locate_heads
-from headpatch.record import check_fits, located_heads, new_record, with_location, with_training
+from headpatch.record import check_fits, coefficients_of, located_heads, new_record, with_location, with_training
+from headpatch.scaling import scaled_heads
 from headpatch.train import TrainOptions, train_coefficients
 
 
@@ -50,6 +51,25 @@ def train_step(
     check_fits(record, layout)
     result = train_coefficients(loaded.model, loaded.tokenizer, layout, located_heads(record), options, show_progress)
     return with_training(record, result, options)
+
+
+def qrhead_step(
+    loaded: LoadedModel, record: dict[str, Any], examples: Sequence[Any], data_name: str, k: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Detect QR heads on the model as it will be shipped (its PEAR coefficients applied) and add them."""
+    from headpatch.qrhead.detect import default_k, detect_heads
+    from headpatch.qrhead.metadata import qrhead_metadata
+    from headpatch.qrhead.prompt import uses_chat_template
+
+    layout = head_layout(loaded.model.config)
+    coefficients = coefficients_of(record) if record.get("pear", {}).get("coefficients") else {}
+    with scaled_heads(loaded.model, layout, coefficients):
+        result = detect_heads(loaded.model, loaded.tokenizer, examples, show_progress)
+    section = qrhead_metadata(
+        result, k or default_k(loaded.model), data_name, uses_chat_template(loaded.tokenizer), all_scores=True
+    )
+    return {**record, "qrhead": section}
 
 
 def stored_dtype(loaded: LoadedModel) -> Any:

@@ -125,6 +125,9 @@ def config_metadata(record: dict[str, Any]) -> dict[str, Any]:
     location = metadata.get("pear", {}).get("location")
     if location and "scores" in location:
         location["scores"] = {head: location["scores"][head] for head in metadata["pear"]["heads"]}
+    qrhead = metadata.get("qrhead")
+    if qrhead and "scores" in qrhead:
+        qrhead["scores"] = {head: qrhead["scores"][head] for head in qrhead["heads"]}
     return metadata
 
 

@@ -1,0 +1,76 @@
+"""QRHead detection: score every head by its calibrated attention to the gold documents, keep the top K."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from headpatch.architectures import head_layout
+from headpatch.errors import HeadpatchError
+from headpatch.heads import Head
+from headpatch.qrhead.data import Example
+from headpatch.qrhead.prompt import prompt_pair
+from headpatch.qrhead.scoring import calibrated_token_scores, context_limit, masked_document_sums
+
+LARGE_MODEL_PARAMETERS = 10_000_000_000
+
+
+@dataclass
+class DetectionResult:
+    """The QR score of every head (mean over examples of its score summed over gold documents)."""
+
+    scores: torch.Tensor  # [layers, heads]
+    examples: int
+    seconds: float
+
+    def ranked(self) -> list[Head]:
+        """All heads, highest QR score first (ties keep layer-head order)."""
+        order = torch.argsort(self.scores.flatten(), descending=True, stable=True)
+        heads = self.scores.shape[1]
+        return [(int(i) // heads, int(i) % heads) for i in order]
+
+
+def default_k(model: Any) -> int:
+    """The paper's K: 16 heads for models under 10B parameters, 32 above (never more than the model has)."""
+    k = 16 if sum(p.numel() for p in model.parameters()) < LARGE_MODEL_PARAMETERS else 32
+    return min(k, head_layout(model.config).total_heads)
+
+
+def all_heads(model: Any) -> list[Head]:
+    """Every (layer, query head) of the model, layer-major."""
+    layout = head_layout(model.config)
+    return [(layer, head) for layer in range(layout.num_layers) for head in range(layout.num_heads)]
+
+
+def document_head_scores(model: Any, tokenizer: Any, example: Example, heads: Sequence[Head]) -> torch.Tensor:
+    """Calibrated, outlier-masked score of each document under each head separately: [heads, documents]."""
+    prompt, null = prompt_pair(tokenizer, example.question, example.documents)
+    limit = context_limit(model.config)
+    if limit is not None and max(len(prompt.input_ids), len(null.input_ids)) > limit:
+        raise HeadpatchError(
+            f"example {example.idx!r} needs {len(prompt.input_ids)} tokens, more than the model's context of {limit}"
+        )
+    return masked_document_sums(calibrated_token_scores(model, prompt, null, heads), prompt.doc_spans)
+
+
+def detect_heads(
+    model: Any, tokenizer: Any, examples: Sequence[Example], show_progress: bool = False
+) -> DetectionResult:
+    """Score every head of `model` on labelled examples (an example without gold documents scores 0, as upstream)."""
+    if not examples:
+        raise HeadpatchError("no detection examples")
+    if tokenizer is None:
+        raise HeadpatchError("QRHead detection needs the model's tokenizer")
+    heads = all_heads(model)
+    layout = head_layout(model.config)
+    began = time.perf_counter()
+    total = torch.zeros(len(heads))
+    for example in tqdm(examples, desc="QRHead detection", unit="example", disable=not show_progress):
+        per_document = document_head_scores(model, tokenizer, example, heads)
+        total += per_document[:, example.gold_positions()].sum(dim=-1).cpu()
+    scores = (total / len(examples)).view(layout.num_layers, layout.num_heads)
+    return DetectionResult(scores, len(examples), time.perf_counter() - began)

@@ -1,0 +1,147 @@
+"""QRRetriever: score and rerank passages with a model's own query-focused retrieval heads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tqdm.auto import tqdm
+
+from headpatch.architectures import head_layout
+from headpatch.errors import HeadpatchError
+from headpatch.heads import Head, check_heads, parse_head, parse_heads
+from headpatch.loading import LoadedModel, load_model
+from headpatch.qrhead.data import Document
+from headpatch.qrhead.detect import all_heads
+from headpatch.qrhead.prompt import Prompt, document_text, prompt_pair
+from headpatch.qrhead.scoring import calibrated_token_scores, context_limit, masked_document_sums
+from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
+
+DocInput = str | Mapping[str, Any] | Document
+_TRUNCATION_SLACK = 4  # tokens per document kept free: re-tokenizing cut text can shift a boundary token
+
+
+def as_documents(docs: Sequence[DocInput]) -> list[Document]:
+    """Documents from strings, `{"paragraph_text"|"text", "title"?, "idx"|"id"?}` mappings or Documents."""
+    documents = []
+    for i, doc in enumerate(docs):
+        if isinstance(doc, Document):
+            documents.append(doc)
+        elif isinstance(doc, str):
+            documents.append(Document(str(i), "", doc))
+        elif isinstance(doc, Mapping):
+            text = doc.get("paragraph_text", doc.get("text"))
+            if not isinstance(text, str):
+                raise HeadpatchError(f"document {i} has no 'text' or 'paragraph_text' string")
+            documents.append(Document(str(doc.get("idx", doc.get("id", i))), str(doc.get("title") or ""), text))
+        else:
+            raise HeadpatchError(f"document {i} is neither a string nor a mapping: {type(doc).__name__}")
+    return documents
+
+
+def _resolve_heads(model: Any, heads: str | Sequence[str | Head] | None) -> list[Head]:
+    if heads is None or heads == FULL_HEADS:
+        return all_heads(model)
+    if isinstance(heads, str):
+        resolved = parse_heads(heads)
+    else:
+        resolved = [parse_head(h) if isinstance(h, str) else (int(h[0]), int(h[1])) for h in heads]
+    if not resolved:
+        raise HeadpatchError("the head list is empty")
+    check_heads(resolved, head_layout(model.config))
+    return resolved
+
+
+class QRRetriever:
+    """Scores documents for a query by the calibrated attention of selected heads (QRHead; all heads = ICR)."""
+
+    def __init__(self, model: Any, tokenizer: Any, heads: str | Sequence[str | Head] | None,
+                 truncate: bool = False) -> None:
+        if tokenizer is None:
+            raise HeadpatchError("the retriever needs the model's tokenizer")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.heads = _resolve_heads(model, heads)
+        self.truncate = truncate
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32", device: str = "cpu",
+                        truncate: bool = False) -> QRRetriever:
+        """Load a checkpoint whose config.json holds `headpatch.qrhead.heads` (written by `headpatch export`)."""
+        loaded = load_model(str(path), dtype, device)
+        section = getattr(loaded.model.config, "headpatch", None)
+        heads = section.get("qrhead", {}).get("heads") if isinstance(section, dict) else None
+        if not heads:
+            raise HeadpatchError(
+                f"{path} has no QR heads in config.json (headpatch.qrhead.heads); run `headpatch qrhead detect` "
+                "and export with --qrhead-data, or use QRRetriever.from_yaml / explicit heads"
+            )
+        return cls(loaded.model, loaded.tokenizer, heads, truncate)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, model: LoadedModel | str | None = None, dtype: str = "float32",
+                  device: str = "cpu", truncate: bool = False) -> QRRetriever:
+        """Use a public QRHead YAML head set, on `model` (loaded or a name) or on its `model_name_or_path`."""
+        head_set = read_yaml(path)
+        if model is None:
+            if head_set.model_name_or_path is None:
+                raise HeadpatchError(f"{path} names no model_name_or_path; pass the model explicitly")
+            model = head_set.model_name_or_path
+        loaded = load_model(model, dtype, device) if isinstance(model, str) else model
+        return cls(loaded.model, loaded.tokenizer, head_set.heads, truncate)
+
+    def _truncated(self, documents: list[Document], prompt: Prompt, limit: int, needed: int) -> list[Document]:
+        """Documents cut to equal token allowances so that the prompt fits `limit`."""
+        tokenizer = self.tokenizer
+        overhead = needed - sum(end - start for start, end in prompt.doc_spans)
+        allowance = (limit - overhead) // len(documents) - _TRUNCATION_SLACK
+        cut = []
+        for i, doc in enumerate(documents):
+            header = len(tokenizer(document_text(i, Document(doc.idx, doc.title, "")), add_special_tokens=False)
+                         ["input_ids"])
+            text_ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
+            if allowance - header < 1:
+                raise HeadpatchError(f"{len(documents)} documents cannot fit the model's context of {limit} tokens")
+            cut.append(Document(doc.idx, doc.title, tokenizer.decode(text_ids[: allowance - header])))
+        return cut
+
+    def _prompts(self, query: str, documents: list[Document]) -> tuple[Prompt, Prompt]:
+        prompt, null = prompt_pair(self.tokenizer, query, documents)
+        limit = context_limit(self.model.config)
+        needed = max(len(prompt.input_ids), len(null.input_ids))
+        if limit is None or needed <= limit:
+            return prompt, null
+        if not self.truncate:
+            raise HeadpatchError(
+                f"query and documents need {needed} tokens, more than the model's context of {limit}; "
+                "pass fewer or shorter documents, or truncate=True (--truncate)"
+            )
+        prompt, null = prompt_pair(self.tokenizer, query, self._truncated(documents, prompt, limit, needed))
+        if max(len(prompt.input_ids), len(null.input_ids)) > limit:
+            raise HeadpatchError(f"the documents still exceed the model's context of {limit} tokens after truncation")
+        return prompt, null
+
+    def score(self, query: str, docs: Sequence[DocInput]) -> list[float]:
+        """One score per document, in input order: higher means more relevant to `query`."""
+        documents = as_documents(docs)
+        if not documents:
+            raise HeadpatchError("the document list is empty")
+        prompt, null = self._prompts(query, documents)
+        # as the public retriever: heads are summed per token first, then each document is outlier-masked
+        tokens = calibrated_token_scores(self.model, prompt, null, self.heads).sum(dim=0, keepdim=True)
+        return [float(s) for s in masked_document_sums(tokens, prompt.doc_spans)[0]]
+
+    def rerank(self, query: str, docs: Sequence[DocInput], top_k: int | None = None) -> list[tuple[int, float]]:
+        """(document index, score) pairs, best first, at most `top_k` of them."""
+        scores = self.score(query, docs)
+        ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])
+        return ranked if top_k is None else ranked[:top_k]
+
+    def score_many(self, queries: Sequence[str], doc_sets: Sequence[Sequence[DocInput]],
+                   show_progress: bool = True) -> list[list[float]]:
+        """`score` for each (query, documents) pair, with a progress bar."""
+        if len(queries) != len(doc_sets):
+            raise HeadpatchError(f"{len(queries)} queries but {len(doc_sets)} document lists")
+        pairs = tqdm(zip(queries, doc_sets), total=len(queries), desc="QRHead scoring", unit="query",
+                     disable=not show_progress)
+        return [self.score(query, docs) for query, docs in pairs]

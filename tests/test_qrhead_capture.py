@@ -1,0 +1,121 @@
+"""Captured query-span attention equals a plain eager forward with output_attentions=True; the pass stops early."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from headpatch.errors import HeadpatchError
+from headpatch.qrhead.builtin import builtin_examples
+from headpatch.qrhead.capture import prefill, query_attention
+from headpatch.qrhead.detect import document_head_scores
+from headpatch.qrhead.prompt import Prompt, prompt_pair
+from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
+from tests.tiny import tiny_model
+
+ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2",
+                 "gpt_neox", "opt"]
+HEADS = [(2, 1), (0, 3), (1, 0), (1, 3), (0, 0)]  # unsorted, several per layer, GQA-shared key heads
+TOL = 1e-4
+
+
+def eager_query_attention(model, input_ids, heads, query_start):
+    """The reference: full eager forward, attention probabilities of the query-span rows averaged per head."""
+    with torch.no_grad():
+        attentions = model(input_ids, output_attentions=True).attentions
+    return torch.stack([attentions[layer][:, head, query_start:].mean(dim=1) for layer, head in heads], dim=1)
+
+
+def _eager(model):
+    model.set_attn_implementation("eager")
+    return model
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_capture_equals_eager_output_attentions(model_type):
+    model = tiny_model(model_type)
+    ids = torch.randint(3, 300, (2, 37), generator=torch.Generator().manual_seed(1))
+    captured = query_attention(model, ids, HEADS, query_start=29)  # the model's default (mostly sdpa) path
+    reference = eager_query_attention(_eager(model), ids, HEADS, 29)
+    assert captured.shape == (2, len(HEADS), 37)
+    assert (captured - reference).abs().max() <= TOL
+    assert (query_attention(model, ids, HEADS, 29) - reference).abs().max() <= TOL  # delegating to eager
+    # each row is a probability distribution averaged over query rows
+    assert torch.allclose(captured.sum(-1), torch.ones(2, len(HEADS)), atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma", "phi3"])
+def test_cached_prefix_and_calibration_equal_full_runs(model_type):
+    model = tiny_model(model_type)
+    generator = torch.Generator().manual_seed(2)
+    prefix = torch.randint(3, 300, (30,), generator=generator).tolist()
+    prompt = Prompt(prefix + torch.randint(3, 300, (9,), generator=generator).tolist(), [(2, 12), (12, 30)], 30)
+    null = Prompt(prefix + [5, 6, 7, 8], [(2, 12), (12, 30)], 30)
+    cache = prefill(model, torch.tensor([prefix]), last_layer=2)
+    assert cache.get_seq_length() == 30
+    cached = query_attention(model, torch.tensor([prompt.input_ids[30:]]), HEADS, 30, cache)
+    calibrated = calibrated_token_scores(model, prompt, null, HEADS)
+    _eager(model)
+    full = eager_query_attention(model, torch.tensor([prompt.input_ids]), HEADS, 30)
+    full_null = eager_query_attention(model, torch.tensor([null.input_ids]), HEADS, 30)
+    assert (cached - full).abs().max() <= TOL
+    expected = full[0, :, :30] - full_null[0, :, :30]
+    assert calibrated.shape == (len(HEADS), 30)
+    assert (calibrated - expected).abs().max() <= TOL
+    assert calibrated.abs().max() > 1e-3  # the N/A query really changes the attention, so the test can fail
+
+
+def test_forward_stops_after_last_needed_layer():
+    model = tiny_model("llama", num_hidden_layers=4)
+    entered: list[int] = []
+    handles = [layer.register_forward_pre_hook(lambda _m, _a, i=i: entered.append(i))
+               for i, layer in enumerate(model.model.layers)]
+    handles.append(model.lm_head.register_forward_pre_hook(lambda _m, _a: entered.append(-1)))
+    try:
+        query_attention(model, torch.randint(3, 300, (1, 20)), [(1, 2), (0, 1)], 15)
+        assert entered == [0, 1]
+        entered.clear()
+        prefill(model, torch.randint(3, 300, (1, 20)), last_layer=2)
+        assert entered == [0, 1, 2]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_capture_restores_the_model_and_rejects_bad_spans():
+    model = tiny_model("qwen2")
+    before = model.config._attn_implementation
+    with pytest.raises(HeadpatchError, match="outside the new tokens"):
+        query_attention(model, torch.randint(3, 300, (1, 10)), [(0, 0)], 10)
+    query_attention(model, torch.randint(3, 300, (1, 10)), [(0, 0)], 5)
+    assert model.config._attn_implementation == before
+    with pytest.raises(HeadpatchError, match="does not call transformers' attention interface"):
+        query_attention(tiny_model("gptj"), torch.randint(3, 300, (1, 10)), [(0, 0)], 5)
+
+
+def test_smollm2_document_scores_equal_eager(smollm2, smollm2_dir):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    example = builtin_examples(1, 2, split="eval")[0]
+    heads = [(l, h) for l in (3, 11, 17) for h in range(9)]
+    prompt, null = prompt_pair(tokenizer, example.question, example.documents)
+    captured = document_head_scores(model, tokenizer, example, heads)
+
+    eager = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    start = prompt.query_start
+    real = eager_query_attention(eager, torch.tensor([prompt.input_ids]), heads, start)[0, :, :start]
+    calibration = eager_query_attention(eager, torch.tensor([null.input_ids]), heads, start)[0, :, :start]
+    reference = masked_document_sums(real - calibration, prompt.doc_spans)
+    assert captured.shape == (len(heads), 2)
+    assert (captured - reference).abs().max() <= TOL
+    assert reference.abs().max() > 1e-2
+
+
+def test_outlier_mask_zeroes_tokens_at_or_below_mean_minus_two_std():
+    row = torch.tensor([[1.0] * 9 + [-10.0] + [0.5, 0.7] + [4.0]])
+    # document 0: the -10 lies far below mean - 2 std and is dropped; document 1: nothing is that far out;
+    # document 2: a single token has no spread and is kept
+    sums = masked_document_sums(row, [(0, 10), (10, 12), (12, 13)])
+    assert torch.allclose(sums, torch.tensor([[9.0, 1.2, 4.0]]))
+    per_row = masked_document_sums(torch.stack([row[0], -row[0]]), [(0, 10)])
+    assert torch.allclose(per_row, torch.tensor([[9.0], [-9.0 + 10.0]]))
