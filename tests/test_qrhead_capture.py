@@ -1,4 +1,5 @@
-"""Captured query-span attention equals a plain eager forward with output_attentions=True; the pass stops early."""
+"""Captured query-span attention equals a plain eager forward with output_attentions=True; the pass stops early;
+padded batches equal single prompts."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from headpatch.qrhead.builtin import builtin_examples
 from headpatch.qrhead.capture import prefill, query_attention
 from headpatch.qrhead.detect import document_head_scores
 from headpatch.qrhead.prompt import Prompt, prompt_pair
-from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
+from headpatch.qrhead.scoring import calibrated_token_scores, calibrated_token_scores_batch, masked_document_sums
 from tests.tiny import tiny_model
 
 ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2",
@@ -119,3 +120,42 @@ def test_outlier_mask_zeroes_tokens_at_or_below_mean_minus_two_std():
     assert torch.allclose(sums, torch.tensor([[9.0, 1.2, 4.0]]))
     per_row = masked_document_sums(torch.stack([row[0], -row[0]]), [(0, 10)])
     assert torch.allclose(per_row, torch.tensor([[9.0], [-9.0 + 10.0]]))
+
+
+def _random_prompt(generator, prefix_len, tail_len, spans):
+    ids = torch.randint(3, 300, (prefix_len + tail_len,), generator=generator).tolist()
+    return Prompt(ids, spans, prefix_len)
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_padded_batch_equals_single_prompts(model_type):
+    model = tiny_model(model_type)
+    generator = torch.Generator().manual_seed(3)
+    # prefixes and both query tails differ in length, so the batch pads on the left and on the right
+    prompts = [_random_prompt(generator, 30, 9, [(2, 12), (12, 30)]),
+               _random_prompt(generator, 22, 5, [(1, 10), (10, 22)]),
+               _random_prompt(generator, 26, 7, [(3, 26)])]
+    nulls = [Prompt(p.input_ids[:p.query_start] + [5, 6, 7][:1 + i], p.doc_spans, p.query_start)
+             for i, p in enumerate(prompts)]
+    batched = calibrated_token_scores_batch(model, prompts, nulls, HEADS)
+    for prompt, null, scores in zip(prompts, nulls, batched):
+        single = calibrated_token_scores(model, prompt, null, HEADS)
+        assert scores.shape == single.shape == (len(HEADS), prompt.query_start)
+        assert (scores - single).abs().max() <= TOL
+    assert batched[1].abs().max() > 1e-3  # a padded member carries real signal, so the test can fail
+
+
+def test_padded_rows_and_keys_are_ignored():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 300, (1, 20), generator=torch.Generator().manual_seed(4))
+    single = query_attention(model, ids, HEADS, 12)
+    # the same tokens behind 6 left pads and before 3 right pads; the pads are tokens the model could attend to
+    padded = torch.cat([torch.full((1, 6), 7), ids, torch.full((1, 3), 9)], dim=1)
+    mask = torch.cat([torch.zeros(1, 6), torch.ones(1, 20), torch.zeros(1, 3)], dim=1).long()
+    captured = query_attention(model, padded, HEADS, 18, attention_mask=mask)
+    assert (captured[:, :, 6:26] - single).abs().max() <= TOL
+    assert captured[:, :, :6].abs().max() == 0 and captured[:, :, 26:].abs().max() == 0
+    unmasked = query_attention(model, padded, HEADS, 18)[:, :, 6:26]
+    assert (unmasked - single).abs().max() > 1e-3  # without the mask the pads would change the result
+    with pytest.raises(HeadpatchError, match="attention mask of shape"):
+        query_attention(model, padded, HEADS, 18, attention_mask=mask[:, 1:])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from headpatch.errors import HeadpatchError
-from headpatch.qrhead.builtin import builtin_examples, passages
+from headpatch.qrhead.builtin import builtin_examples, passages, split_projects
 from headpatch.qrhead.data import read_examples, write_examples
 from headpatch.qrhead.prompt import INSTRUCTION, NULL_QUERY, build_prompt, prompt_pair
 
@@ -73,6 +74,11 @@ def test_empty_file_and_bad_json(tmp_path):
         read_examples(tmp_path / "missing.json")
 
 
+def _planted(text):
+    """(project, code) of every planted sentence in a passage."""
+    return re.findall(r"The secret code of the (\w+) project is ([a-z]+-\d{3})\.", text)
+
+
 def test_builtin_set_is_reproducible_and_planted():
     first = builtin_examples(5, 6, split="detect", seed=3)
     assert first == builtin_examples(5, 6, split="detect", seed=3)
@@ -80,10 +86,16 @@ def test_builtin_set_is_reproducible_and_planted():
     assert first != builtin_examples(5, 6, split="detect", seed=4)
     for example in first:
         assert len(example.documents) == 6 and len(example.gold) == 1
-        project = example.question.removeprefix("What is the secret code of the ").removesuffix(" project?")
-        fact = f"The secret code of the {project} project is "
-        holders = [d.idx for d in example.documents if fact in d.text]
+        asked = example.question.removeprefix("What is the secret code of the ").removesuffix(" project?")
+        facts = [_planted(d.text) for d in example.documents]
+        # every passage carries exactly one fact, each about its own project with its own code
+        assert all(len(f) == 1 for f in facts)
+        projects, codes = zip(*(f[0] for f in facts))
+        assert len(set(projects)) == 6 and len(set(codes)) == 6
+        holders = [d.idx for d, project in zip(example.documents, projects) if project == asked]
         assert holders == list(example.gold)
+    # the gold passage is not always in the same place
+    assert len({e.gold_positions()[0] for e in builtin_examples(20, 6, seed=3)}) > 2
 
 
 def test_detect_and_eval_splits_are_disjoint():
@@ -93,8 +105,17 @@ def test_detect_and_eval_splits_are_disjoint():
     detect_ids = {d.idx for e in builtin_examples(20, 5, "detect") for d in e.documents}
     eval_ids = {d.idx for e in builtin_examples(20, 5, "eval") for d in e.documents}
     assert not detect_ids & eval_ids
+    # nor do they share a project name, planted or asked about
+    detect_projects = {p for e in builtin_examples(20, 5, "detect") for d in e.documents for p, _ in _planted(d.text)}
+    eval_projects = {p for e in builtin_examples(20, 5, "eval") for d in e.documents for p, _ in _planted(d.text)}
+    assert detect_projects and eval_projects and not detect_projects & eval_projects
+    assert set(split_projects("detect")) | set(split_projects("eval")) >= detect_projects | eval_projects
     with pytest.raises(HeadpatchError, match="unknown split"):
         builtin_examples(1, 5, "train")
+    most = len(split_projects("detect"))
+    assert len(builtin_examples(1, most)[0].documents) == most
+    with pytest.raises(HeadpatchError, match=f"docs_per_example <= {most}"):
+        builtin_examples(1, most + 1)
 
 
 def test_prompt_spans_cover_documents_and_query(smollm2):

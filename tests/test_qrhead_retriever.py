@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+
 import pytest
+import torch
 import typer
 from typer.testing import CliRunner
 
@@ -44,6 +46,57 @@ def test_scores_and_rerank_agree(tiny_lm):
     assert retriever.score_many(["Who barks?"], [DOCS], show_progress=False) == [scores]
     # other heads give other scores: the head list really selects what is summed
     assert QRRetriever(model, tokenizer, [(1, 1), (2, 3)]).score("Who barks?", DOCS) != scores
+
+
+QUERIES = ["Who barks?", "What sings in the morning, and where does the cat sit?", "Cats?"]
+DOC_SETS = [DOCS, DOCS[:2], ["A much longer passage about nothing in particular, " * 3, "Cats purr.", "x"]]
+
+
+def test_batched_scores_equal_single_scores(tiny_lm):
+    retriever = QRRetriever(*tiny_lm, "2-1,0-3,1-0,1-3")
+    single = [retriever.score(q, d) for q, d in zip(QUERIES, DOC_SETS)]
+    for batch_size in (2, 3, 8):
+        batched = retriever.score_many(QUERIES, DOC_SETS, batch_size=batch_size, show_progress=False)
+        assert [len(s) for s in batched] == [3, 2, 3]
+        assert max(abs(a - b) for x, y in zip(batched, single) for a, b in zip(x, y)) <= 1e-4
+    with pytest.raises(HeadpatchError, match="batch_size must be at least 1"):
+        retriever.score_many(QUERIES, DOC_SETS, batch_size=0)
+    with pytest.raises(HeadpatchError, match="3 queries but 2 document lists"):
+        retriever.score_many(QUERIES, DOC_SETS[:2])
+
+
+def test_out_of_memory_halves_the_batch(tiny_lm, monkeypatch):
+    import headpatch.qrhead.retriever as module
+
+    retriever = QRRetriever(*tiny_lm, "2-1,0-3")
+    expected = retriever.score_many(QUERIES, DOC_SETS, batch_size=1, show_progress=False)
+    real, sizes = module.calibrated_token_scores_batch, []
+
+    def small_memory(model, prompts, nulls, heads):
+        sizes.append(len(prompts))
+        if len(prompts) > 1:
+            raise torch.OutOfMemoryError("pretend the device is full")
+        return real(model, prompts, nulls, heads)
+
+    monkeypatch.setattr(module, "calibrated_token_scores_batch", small_memory)
+    assert retriever.score_many(QUERIES, DOC_SETS, batch_size=3, show_progress=False) == expected
+    assert sizes == [3, 1, 2, 1, 1]
+    with pytest.raises(torch.OutOfMemoryError):
+        monkeypatch.setattr(module, "calibrated_token_scores_batch",
+                            lambda *_: (_ for _ in ()).throw(torch.OutOfMemoryError("full")))
+        retriever.score("q", DOCS)
+
+
+def test_smollm2_batched_scores_equal_single_scores(smollm2):
+    examples = builtin_examples(3, 2, split="eval", seed=5)
+    # different questions make prompts of different lengths, so the batch really pads
+    questions = [examples[0].question, "Which code?", examples[2].question + " Answer briefly, please."]
+    doc_sets = [e.documents for e in examples]
+    retriever = QRRetriever(smollm2.model, smollm2.tokenizer, "3-0,3-5,11-2,17-8,17-1")
+    single = [retriever.score(q, d) for q, d in zip(questions, doc_sets)]
+    batched = retriever.score_many(questions, doc_sets, batch_size=3, show_progress=False)
+    assert max(abs(a - b) for x, y in zip(batched, single) for a, b in zip(x, y)) <= 1e-4
+    assert max(abs(v) for s in single for v in s) > 1e-2
 
 
 def test_from_pretrained_reads_heads_from_config(tiny_lm, tmp_path):

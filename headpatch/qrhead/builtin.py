@@ -1,4 +1,4 @@
-"""A built-in detection set: Paul Graham essay passages, one of which carries a planted, made-up fact."""
+"""A built-in detection set: Paul Graham essay passages with planted, made-up facts; the question names one."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from headpatch.qrhead.data import Document, Example
 
 SPLITS = ("detect", "eval")
 
-# Made-up project names and code words: no essay mentions them, so only the planted sentence can answer.
+# Made-up project names and code words: no essay mentions them, so only the planted sentences can answer.
 _PROJECTS = (
     "Albatross", "Basilisk", "Cobalt", "Driftwood", "Ember", "Foxglove", "Glacier", "Heron", "Indigo", "Juniper",
     "Kestrel", "Lantern", "Marigold", "Nebula", "Obsidian", "Pelican", "Quartz", "Raven", "Saffron", "Tundra",
     "Umber", "Vortex", "Walrus", "Yarrow", "Zephyr", "Anvil", "Bramble", "Cinder", "Dune", "Falcon",
+    "Gannet", "Hemlock", "Ibis", "Jackal", "Krypton", "Lichen", "Mistral", "Nettle", "Osprey", "Puffin",
 )
 _CODE_WORDS = (
-    "amber", "birch", "cedar", "delta", "ember", "fable", "garnet", "hazel", "ivory", "jasper", "kiwi", "lilac",
+    "amber", "birch", "cedar", "delta", "emerald", "fable", "garnet", "hazel", "ivory", "jasper", "kiwi", "lilac",
     "maple", "nectar", "olive", "pepper", "quill", "ruby", "sable", "topaz", "velvet", "willow", "xenon", "yucca",
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
@@ -29,14 +30,18 @@ def _sentences(text: str) -> list[str]:
     return [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
 
 
+def _split_index(split: str) -> int:
+    if split not in SPLITS:
+        raise HeadpatchError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    return SPLITS.index(split)
+
+
 @lru_cache(maxsize=4)
 def passages(split: str, passage_words: int = 60) -> tuple[Document, ...]:
     """Whole-sentence passages of about `passage_words` words; detect and eval use disjoint essays."""
-    if split not in SPLITS:
-        raise HeadpatchError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     essays = sorted(load_essays().items())
     # alternate essays between the splits so evaluation never sees a detection passage
-    chosen = essays[SPLITS.index(split)::2]
+    chosen = essays[_split_index(split)::2]
     result = []
     for name, text in chosen:
         current: list[str] = []
@@ -48,6 +53,15 @@ def passages(split: str, passage_words: int = 60) -> tuple[Document, ...]:
     return tuple(result)
 
 
+def split_projects(split: str) -> tuple[str, ...]:
+    """The project names a split plants; detect and eval use disjoint halves of the list."""
+    return _PROJECTS[_split_index(split)::2]
+
+
+def _fact(project: str, code: str) -> str:
+    return f"The secret code of the {project} project is {code}."
+
+
 def _plant(passage: Document, fact: str, rng: random.Random) -> Document:
     sentences = _sentences(passage.text)
     at = rng.randint(0, len(sentences))
@@ -55,23 +69,29 @@ def _plant(passage: Document, fact: str, rng: random.Random) -> Document:
 
 
 def builtin_examples(count: int, docs_per_example: int = 10, split: str = "detect", seed: int = 0) -> list[Example]:
-    """`count` seeded examples; each asks for a code planted in one of `docs_per_example` passages."""
-    pool = passages(split)
-    if count < 1 or not 2 <= docs_per_example <= len(pool):
-        raise HeadpatchError(f"need count >= 1 and 2 <= docs_per_example <= {len(pool)}")
+    """`count` seeded examples of `docs_per_example` passages, each planted with the code of a different project.
+
+    The question asks for one project's code, so only the passage naming that project answers it: the others carry
+    the same sentence about other projects and other codes (distractors a plain "find the code" head cannot tell apart).
+    """
+    pool, projects = passages(split), split_projects(split)
+    most = min(len(pool), len(projects), len(_CODE_WORDS))
+    if count < 1 or not 2 <= docs_per_example <= most:
+        raise HeadpatchError(f"need count >= 1 and 2 <= docs_per_example <= {most}")
     # a string seed is hashed with SHA-512 by `random`, so the stream is stable across runs and platforms
     rng = random.Random(f"headpatch-qrhead-{split}-{seed}")
     examples = []
     for i in range(count):
-        project = rng.choice(_PROJECTS)
-        code = f"{rng.choice(_CODE_WORDS)}-{rng.randint(100, 999)}"
         chosen = rng.sample(pool, docs_per_example)
+        names = rng.sample(projects, docs_per_example)
+        # distinct code words keep every planted code different within an example
+        codes = [f"{word}-{rng.randint(100, 999)}" for word in rng.sample(_CODE_WORDS, docs_per_example)]
+        planted = [_plant(doc, _fact(name, code), rng) for doc, name, code in zip(chosen, names, codes)]
         gold = rng.randrange(docs_per_example)
-        chosen[gold] = _plant(chosen[gold], f"The secret code of the {project} project is {code}.", rng)
         examples.append(Example(
             idx=f"builtin-{split}-{seed}-{i}",
-            question=f"What is the secret code of the {project} project?",
-            documents=tuple(chosen),
-            gold=(chosen[gold].idx,),
+            question=f"What is the secret code of the {names[gold]} project?",
+            documents=tuple(planted),
+            gold=(planted[gold].idx,),
         ))
     return examples

@@ -4,6 +4,9 @@ While a capture runs, the model's attention implementation is swapped for a regi
 layer's query and key states after rotary embedding (and after any cache update), computes softmax probabilities
 for the needed heads and query-span rows only, then delegates to the model's own eager or sdpa function. After the
 last layer that holds a needed head the wrapper stops the forward pass, so later layers and the LM head never run.
+
+Batches may be padded: an attention mask (1 = token, 0 = padding) hides padded keys through the model's own mask,
+positions count only real tokens, and padded query rows are left out of the average.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class _Capture:
     last_layer: int
     query_start: int  # absolute position of the first query-span row
     total_length: int  # absolute sequence length, cached prefix included
+    new_tokens: torch.Tensor | None = None  # [B, new tokens] bool, False at padding; None when unpadded
     results: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -55,9 +59,12 @@ def _additive_mask(
 
 def mean_query_attention(
     query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, heads: Sequence[int], first_row: int,
-    scaling: float, softcap: float | None = None,
+    scaling: float, softcap: float | None = None, rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Softmax attention of `heads` for query rows from `first_row` on, averaged over those rows: [B, heads, keys]."""
+    """Softmax attention of `heads` for query rows from `first_row` on, averaged over those rows: [B, heads, keys].
+
+    `rows` [B, query rows from `first_row`] (bool) marks the rows to average; None averages them all.
+    """
     groups = query.shape[1] // key.shape[1]  # GQA: query head h reads key/value head h // groups
     q = query[:, list(heads), first_row:].float()
     k = key[:, [h // groups for h in heads]].float()
@@ -65,7 +72,12 @@ def mean_query_attention(
     if softcap is not None:  # Gemma 2 caps logits before masking
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores + _additive_mask(mask, first_row, query.shape[2], key.shape[2], query.device)
-    return torch.softmax(scores, dim=-1).mean(dim=-2)
+    probabilities = torch.softmax(scores, dim=-1)
+    if rows is None:
+        return probabilities.mean(dim=-2)
+    # masked_fill, not a product: a padded row may be fully masked, and NaN * 0 is still NaN
+    kept = probabilities.masked_fill(~rows[:, None, :, None], 0.0).sum(dim=-2)
+    return kept / rows.sum(dim=-1).clamp(min=1)[:, None, None]
 
 
 def _eager_of(module: Any) -> Callable:
@@ -92,8 +104,9 @@ def _wrapper(delegate: str) -> Callable:
                         "cache?); QRHead scoring needs every key"
                     )
                 first_row = capture.query_start - (capture.total_length - query.shape[2])
+                rows = None if capture.new_tokens is None else capture.new_tokens[:, first_row:].to(query.device)
                 capture.results[layer] = mean_query_attention(
-                    query, key, attention_mask, heads, first_row, scaling, kwargs.get("softcap")
+                    query, key, attention_mask, heads, first_row, scaling, kwargs.get("softcap"), rows
                 )
             if layer == capture.last_layer:
                 raise _StopForward
@@ -127,10 +140,21 @@ def _capturing(model: Any, capture: _Capture) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
-def _run(model: Any, input_ids: torch.Tensor, capture: _Capture, cache: DynamicCache | None) -> None:
+def _padding_inputs(attention_mask: torch.Tensor | None, new_tokens: int, device: Any) -> dict[str, torch.Tensor]:
+    """The mask and position ids of a padded batch: positions count real tokens only, so padding shifts nothing."""
+    if attention_mask is None:
+        return {}
+    positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)[:, -new_tokens:]
+    return {"attention_mask": attention_mask.long().to(device), "position_ids": positions.to(device)}
+
+
+def _run(model: Any, input_ids: torch.Tensor, capture: _Capture, cache: DynamicCache | None,
+         attention_mask: torch.Tensor | None = None) -> None:
+    padding = _padding_inputs(attention_mask, input_ids.shape[1], model.device)
     with torch.no_grad(), _capturing(model, capture):
         try:
-            model(input_ids=input_ids.to(model.device), past_key_values=cache, use_cache=cache is not None)
+            model(input_ids=input_ids.to(model.device), past_key_values=cache, use_cache=cache is not None,
+                  **padding)
         except _StopForward:
             return
     raise HeadpatchError(f"{type(model).__name__} does not call transformers' attention interface; cannot capture")
@@ -143,19 +167,26 @@ def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
     return by_layer
 
 
-def prefill(model: Any, input_ids: torch.Tensor, last_layer: int) -> DynamicCache:
-    """Cache keys and values of `input_ids` [B, T] for layers 0..last_layer only (the pass stops there)."""
+def prefill(model: Any, input_ids: torch.Tensor, last_layer: int,
+            attention_mask: torch.Tensor | None = None) -> DynamicCache:
+    """Cache keys and values of `input_ids` [B, T] for layers 0..last_layer only (the pass stops there).
+
+    `attention_mask` [B, T] (1 = token, 0 = padding) is needed when the batch is padded.
+    """
     cache = DynamicCache(config=model.config)
-    _run(model, input_ids, _Capture({}, last_layer, 0, input_ids.shape[1]), cache)
+    _run(model, input_ids, _Capture({}, last_layer, 0, input_ids.shape[1]), cache, attention_mask)
     return cache
 
 
 def query_attention(
     model: Any, input_ids: torch.Tensor, heads: Sequence[Head], query_start: int, cache: DynamicCache | None = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of each head from query-span tokens to every position, averaged over the span: [B, heads, T].
 
     `input_ids` [B, t] continue `cache` (its length plus t is the full length T); `query_start` is absolute.
+    A padded batch passes `attention_mask` [B, T] (1 = token, 0 = padding, cached part included); padded rows
+    of the query span are left out of its average.
     """
     if not heads:
         raise HeadpatchError("no heads to capture")
@@ -163,8 +194,12 @@ def query_attention(
     total = cached + input_ids.shape[1]
     if not cached <= query_start < total:
         raise HeadpatchError(f"query start {query_start} lies outside the new tokens [{cached}, {total})")
+    if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
+        raise HeadpatchError(f"attention mask of shape {tuple(attention_mask.shape)}; expected "
+                             f"{(input_ids.shape[0], total)}")
     by_layer = _by_layer(heads)
-    capture = _Capture(by_layer, max(by_layer), query_start, total)
-    _run(model, input_ids, capture, cache)
+    new_tokens = None if attention_mask is None else attention_mask[:, cached:].bool()
+    capture = _Capture(by_layer, max(by_layer), query_start, total, new_tokens)
+    _run(model, input_ids, capture, cache, attention_mask)
     index = {layer: {h: i for i, h in enumerate(hs)} for layer, hs in by_layer.items()}
     return torch.stack([capture.results[layer][:, index[layer][head]] for layer, head in heads], dim=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from tqdm.auto import tqdm
 
 from headpatch.architectures import head_layout
@@ -14,7 +15,7 @@ from headpatch.loading import LoadedModel, load_model
 from headpatch.qrhead.data import Document
 from headpatch.qrhead.detect import all_heads
 from headpatch.qrhead.prompt import Prompt, document_text, prompt_pair
-from headpatch.qrhead.scoring import calibrated_token_scores, context_limit, masked_document_sums
+from headpatch.qrhead.scoring import calibrated_token_scores_batch, context_limit, head_set_scores
 from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
 
 DocInput = str | Mapping[str, Any] | Document
@@ -123,13 +124,7 @@ class QRRetriever:
 
     def score(self, query: str, docs: Sequence[DocInput]) -> list[float]:
         """One score per document, in input order: higher means more relevant to `query`."""
-        documents = as_documents(docs)
-        if not documents:
-            raise HeadpatchError("the document list is empty")
-        prompt, null = self._prompts(query, documents)
-        # as the public retriever: heads are summed per token first, then each document is outlier-masked
-        tokens = calibrated_token_scores(self.model, prompt, null, self.heads).sum(dim=0, keepdim=True)
-        return [float(s) for s in masked_document_sums(tokens, prompt.doc_spans)[0]]
+        return self.score_many([query], [docs], batch_size=1, show_progress=False)[0]
 
     def rerank(self, query: str, docs: Sequence[DocInput], top_k: int | None = None) -> list[tuple[int, float]]:
         """(document index, score) pairs, best first, at most `top_k` of them."""
@@ -137,11 +132,39 @@ class QRRetriever:
         ranked = sorted(enumerate(scores), key=lambda pair: -pair[1])
         return ranked if top_k is None else ranked[:top_k]
 
-    def score_many(self, queries: Sequence[str], doc_sets: Sequence[Sequence[DocInput]],
+    def _score_batch(self, pairs: list[tuple[Prompt, Prompt]]) -> list[list[float]]:
+        """Scores of several prompt pairs in one padded forward; halves the batch when the device runs out of memory."""
+        try:
+            token_scores = calibrated_token_scores_batch(
+                self.model, [p for p, _ in pairs], [n for _, n in pairs], self.heads
+            )
+        except torch.OutOfMemoryError:
+            if len(pairs) == 1:
+                raise
+            half = len(pairs) // 2
+            return self._score_batch(pairs[:half]) + self._score_batch(pairs[half:])
+        return [head_set_scores(scores, prompt.doc_spans) for scores, (prompt, _) in zip(token_scores, pairs)]
+
+    def score_many(self, queries: Sequence[str], doc_sets: Sequence[Sequence[DocInput]], batch_size: int = 4,
                    show_progress: bool = True) -> list[list[float]]:
-        """`score` for each (query, documents) pair, with a progress bar."""
+        """`score` for each (query, documents) pair, up to `batch_size` candidate sets per padded forward."""
         if len(queries) != len(doc_sets):
             raise HeadpatchError(f"{len(queries)} queries but {len(doc_sets)} document lists")
-        pairs = tqdm(zip(queries, doc_sets), total=len(queries), desc="QRHead scoring", unit="query",
-                     disable=not show_progress)
-        return [self.score(query, docs) for query, docs in pairs]
+        if batch_size < 1:
+            raise HeadpatchError(f"batch_size must be at least 1, got {batch_size}")
+        pairs = []
+        for query, docs in zip(queries, doc_sets):
+            documents = as_documents(docs)
+            if not documents:
+                raise HeadpatchError("the document list is empty")
+            pairs.append(self._prompts(query, documents))
+        # batching prompts of similar length keeps padding small; results go back to input order
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0].input_ids))
+        results: list[list[float]] = [[] for _ in pairs]
+        with tqdm(total=len(pairs), desc="QRHead scoring", unit="query", disable=not show_progress) as bar:
+            for begin in range(0, len(order), batch_size):
+                chosen = order[begin:begin + batch_size]
+                for i, scores in zip(chosen, self._score_batch([pairs[i] for i in chosen])):
+                    results[i] = scores
+                bar.update(len(chosen))
+        return results
