@@ -161,10 +161,12 @@ def test_context_limit_and_truncation(tiny_lm):
 
 def test_smollm2_ranks_the_planted_passage_first(smollm2):
     model, tokenizer = smollm2.model, smollm2.tokenizer
-    detected = detect_heads(model, tokenizer, builtin_examples(4, 3, split="detect"))
+    # every passage carries a planted code (distractors), so only heads that match the project can find the gold
+    detected = detect_heads(model, tokenizer, builtin_examples(6, 4, split="detect"))
     qr_heads = detected.ranked()[:16]
-    held_out = builtin_examples(8, 3, split="eval")
+    held_out = builtin_examples(8, 4, split="eval")
     qr = QRRetriever(model, tokenizer, qr_heads)
     hits = sum(qr.rerank(e.question, e.documents, 1)[0][0] == e.gold_positions()[0] for e in held_out)
     print(f"SmolLM2 recall@1 of its top-16 QR heads on {len(held_out)} held-out built-in examples: {hits}")
-    assert hits > len(held_out) // 2
+    # chance is 2 of 8; seen: 7 (three random 16-head sets: 3, 5, 5)
+    assert hits >= 6
