@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+import torch
+
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 
@@ -44,3 +46,10 @@ def check_heads(heads: Iterable[Head], layout: HeadLayout) -> None:
                 f"head {layer}-{head} is outside the model "
                 f"({layout.num_layers} layers x {layout.num_heads} heads, 0-indexed)"
             )
+
+
+def ranked_heads(scores: torch.Tensor) -> list[Head]:
+    """Every head of a [layers, heads] score table, highest score first (ties keep layer-head order)."""
+    order = torch.argsort(scores.flatten(), descending=True, stable=True)
+    per_layer = scores.shape[1]
+    return [(int(i) // per_layer, int(i) % per_layer) for i in order]

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import HeadLayout, o_proj_modules
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head
+from headpatch.heads import Head, ranked_heads
 from headpatch.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
 
 PAPER_SETTINGS: tuple[tuple[int, int], ...] = ((20, 50), (40, 25), (80, 15), (100, 10))
@@ -70,9 +70,7 @@ class LocateResult:
 
     def ranked(self) -> list[Head]:
         """All heads, strongest suppressor (largest Δπ) first."""
-        order = torch.argsort(self.scores.flatten(), descending=True, stable=True)
-        heads = self.scores.shape[1]
-        return [(int(i) // heads, int(i) % heads) for i in order]
+        return ranked_heads(self.scores)
 
 
 @contextmanager

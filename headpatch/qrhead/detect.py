@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head
+from headpatch.heads import Head, ranked_heads
 from headpatch.qrhead.data import Example
 from headpatch.qrhead.prompt import prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, context_limit, masked_document_sums
@@ -29,9 +29,7 @@ class DetectionResult:
 
     def ranked(self) -> list[Head]:
         """All heads, highest QR score first (ties keep layer-head order)."""
-        order = torch.argsort(self.scores.flatten(), descending=True, stable=True)
-        heads = self.scores.shape[1]
-        return [(int(i) // heads, int(i) % heads) for i in order]
+        return ranked_heads(self.scores)
 
 
 def default_k(model: Any) -> int:
