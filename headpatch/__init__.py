@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from headpatch.architectures import head_layout, supported_model_types  # noqa: E402
 from headpatch.errors import HeadpatchError  # noqa: E402
-from headpatch.export import export_checkpoint  # noqa: E402
+from headpatch.export import export_checkpoint, stream_export  # noqa: E402
 from headpatch.fold import fold_model  # noqa: E402
 from headpatch.ia3 import save_ia3_adapter  # noqa: E402
 from headpatch.loading import load_model  # noqa: E402
@@ -12,8 +12,10 @@ from headpatch.locate import LocateOptions, locate_heads  # noqa: E402
 from headpatch.qrhead import QRRetriever  # noqa: E402
 from headpatch.scaling import HeadScaling, scaled_heads  # noqa: E402
 from headpatch.train import TrainOptions, train_coefficients  # noqa: E402
+from headpatch.verify import verify_export  # noqa: E402
 
 __all__ = [
-    "HeadScaling", "HeadpatchError", "LocateOptions", "QRRetriever", "TrainOptions", "export_checkpoint", "fold_model", "head_layout",
-    "load_model", "locate_heads", "save_ia3_adapter", "scaled_heads", "supported_model_types", "train_coefficients",
+    "HeadScaling", "HeadpatchError", "LocateOptions", "QRRetriever", "TrainOptions", "export_checkpoint", "fold_model",
+    "head_layout", "load_model", "locate_heads", "save_ia3_adapter", "scaled_heads", "stream_export",
+    "supported_model_types", "train_coefficients", "verify_export",
 ]

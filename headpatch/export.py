@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from headpatch.architectures import head_layout
 from headpatch.card import render_card
+from headpatch.checkpoint import OTHER_WEIGHT_PATTERNS
 from headpatch.errors import HeadpatchError
 from headpatch.fold import fold_model
 from headpatch.record import check_fits, coefficients_of, config_metadata, write_record
+from headpatch.stream import plan_fold, write_folded_shards
+
+WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
 
 
 def check_output_dir(out: Path, overwrite: bool, source_dir: Path | None = None) -> None:
@@ -48,28 +56,79 @@ def publish_dir(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
+@contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """A staging directory beside `out` that becomes `out` only if the block finishes; removed otherwise."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        publish_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_card_and_record(staging: Path, record: dict[str, Any], out: Path) -> None:
+    (staging / "README.md").write_text(render_card(record, out.name))
+    write_record(record, staging / "headpatch.json")
+
+
 def export_checkpoint(
     model: Any, tokenizer: Any, record: dict[str, Any], out: str | Path, overwrite: bool = False,
     source_dir: str | Path | None = None,
 ) -> Path:
-    """Fold the record's coefficients into `model` (in place) and save it with config metadata and a model card."""
+    """Fold the record's coefficients into a loaded `model` (in place) and save it with metadata and a model card."""
     out = Path(out).resolve()
     check_output_dir(out, overwrite, Path(source_dir) if source_dir else None)
     layout = head_layout(model.config)
     check_fits(record, layout)
     coefficients = coefficients_of(record)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with staged_output(out) as staging:
         fold_model(model, layout, coefficients)
         model.config.headpatch = config_metadata(record)
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        (staging / "README.md").write_text(render_card(record, out.name))
-        write_record(record, staging / "headpatch.json")
-        publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _write_card_and_record(staging, record, out)
+    return out
+
+
+def carried_files(source: Path, weights: set[str]) -> Iterator[tuple[Path, str]]:
+    """Source files an export copies unchanged: not the weights, not other weight formats, not what export writes."""
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source).as_posix()
+        if any(part.startswith(".") for part in path.relative_to(source).parts) or not path.is_file():
+            continue
+        if relative in weights or relative in WRITTEN_BY_EXPORT:
+            continue
+        if any(fnmatch.fnmatch(path.name, pattern) for pattern in OTHER_WEIGHT_PATTERNS):
+            continue  # unpatched .bin/.pth copies would let loaders pick the wrong weights
+        yield path, relative
+
+
+def stream_export(
+    source: str | Path, record: dict[str, Any], out: str | Path, overwrite: bool = False, show_progress: bool = True
+) -> Path:
+    """Fold the record straight over the source's safetensors files into a new checkpoint directory."""
+    from transformers import AutoConfig
+
+    source, out = Path(source).resolve(), Path(out).resolve()
+    check_output_dir(out, overwrite, source)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise HeadpatchError(f"cannot read the config of {source}: {str(exc).splitlines()[0]}") from exc
+    layout = head_layout(config)
+    check_fits(record, layout)
+    plan = plan_fold(source, layout, coefficients_of(record))
+    with staged_output(out) as staging:
+        for path, relative in carried_files(source, set(plan.shards)):
+            (staging / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, staging / relative)
+        write_folded_shards(plan, layout, staging, show_progress)
+        raw_config = json.loads((source / "config.json").read_text())
+        raw_config["headpatch"] = config_metadata(record)
+        (staging / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n")
+        _write_card_and_record(staging, record, out)
     return out

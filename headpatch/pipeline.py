@@ -7,9 +7,10 @@ from typing import Any, Sequence
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.export import export_checkpoint
+from headpatch.export import stream_export
 from headpatch.heads import Head, check_heads, format_head
-from headpatch.loading import LoadedModel, load_model
+from headpatch.hub import checkpoint_dir
+from headpatch.loading import LoadedModel
 from headpatch.locate import LocateOptions, locate_heads
 from headpatch.record import check_fits, coefficients_of, located_heads, new_record, with_location, with_training
 from headpatch.scaling import scaled_heads
@@ -72,21 +73,8 @@ def qrhead_step(
     return {**record, "qrhead": section}
 
 
-def stored_dtype(loaded: LoadedModel) -> Any:
-    """The dtype the source checkpoint stores its weights in (None if it does not say)."""
-    from transformers import AutoConfig
-
-    kwargs = {"revision": loaded.source.revision} if loaded.source.revision else {}
-    return AutoConfig.from_pretrained(loaded.source.location, **kwargs).dtype
-
-
-def export_step(loaded: LoadedModel, record: dict[str, Any], out: str | Path, overwrite: bool = False) -> Path:
-    """Fold the record into the model in the checkpoint's own dtype and write the export."""
-    target = loaded
-    stored = stored_dtype(loaded)
-    if stored is not None and loaded.model.dtype != stored:
-        target = load_model(loaded.source.name, dtype="auto", revision=loaded.source.revision)
-    source_dir = Path(loaded.source.location)
-    return export_checkpoint(
-        target.model, target.tokenizer, record, out, overwrite, source_dir if source_dir.is_dir() else None
-    )
+def export_step(
+    loaded: LoadedModel, record: dict[str, Any], out: str | Path, overwrite: bool = False, show_progress: bool = True
+) -> Path:
+    """Fold the record over the source checkpoint's files (stored dtype and shards kept) and write the export."""
+    return stream_export(checkpoint_dir(loaded.source), record, out, overwrite, show_progress)

@@ -1,0 +1,108 @@
+"""Fold coefficients straight over safetensors files: untouched tensors copied byte for byte, one tensor in memory."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from headpatch.architectures import HeadLayout
+from headpatch.checkpoint import Shard, read_shards, read_tensor, weight_files
+from headpatch.errors import HeadpatchError
+from headpatch.fold import by_layer, fold_weight
+from headpatch.heads import Head, check_heads
+
+
+@dataclass(frozen=True)
+class PatchedTensor:
+    """One output projection on disk and the coefficients its head columns (rows for Conv1D) get."""
+
+    name: str
+    shard: str
+    layer: int
+    heads: dict[int, float]
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Everything a streaming fold needs, checked before anything is written."""
+
+    directory: Path
+    shards: dict[str, Shard]
+    patched: tuple[PatchedTensor, ...]
+
+    def patched_in(self, shard: str) -> list[PatchedTensor]:
+        """The patched tensors stored in one shard."""
+        return [tensor for tensor in self.patched if tensor.shard == shard]
+
+
+def disk_tensor_name(layout: HeadLayout, layer: int, names: Collection[str]) -> str:
+    """The on-disk name of a layer's o_proj weight, allowing the prefixes checkpoints drop or add around the stack."""
+    wanted = layout.o_proj_tensor(layer)
+    if wanted in names:
+        return wanted
+    parts = wanted.split(".")
+    # Only the components before the layer stack's name may differ (e.g. "transformer." missing in old GPT-2 files,
+    # "model.language_model." in multimodal ones); the stack name, index and projection path must match.
+    stack = parts.index(str(layer)) - 1
+    tail = ".".join(parts[stack:])
+    matches = [name for name in names if name == tail or name.endswith("." + tail)]
+    if len(matches) != 1:
+        found = "no tensor" if not matches else f"several tensors ({', '.join(sorted(matches)[:3])})"
+        raise HeadpatchError(f"the checkpoint has {found} for layer {layer}'s output projection {wanted}")
+    return matches[0]
+
+
+def _expected_shape(layout: HeadLayout) -> tuple[int, int]:
+    heads_width = layout.num_heads * layout.head_dim
+    if layout.orientation == "conv1d":
+        return heads_width, layout.hidden_size
+    return layout.hidden_size, heads_width
+
+
+def plan_fold(directory: Path, layout: HeadLayout, coefficients: dict[Head, float]) -> FoldPlan:
+    """Map each patched layer to its tensor and shard, validating every shard header and the patched shapes."""
+    check_heads(coefficients, layout)
+    mapping = weight_files(directory)
+    shards = read_shards(directory, mapping)
+    patched = []
+    for layer, heads in sorted(by_layer(coefficients).items()):
+        name = disk_tensor_name(layout, layer, mapping)
+        entry = shards[mapping[name]].tensors[name]
+        if entry.shape != _expected_shape(layout):
+            raise HeadpatchError(
+                f"the patch does not fit {directory / mapping[name]}: tensor {name} has shape {list(entry.shape)}, "
+                f"the recorded heads need {list(_expected_shape(layout))}")
+        patched.append(PatchedTensor(name, mapping[name], layer, heads))
+    return FoldPlan(directory, shards, tuple(patched))
+
+
+def folded_bytes(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> memoryview:
+    """The patched tensor's new bytes: float32 multiply, cast back to the stored dtype, same shape."""
+    weight = read_tensor(plan.shards[tensor.shard], tensor.name)
+    folded = fold_weight(weight, layout, tensor.heads).contiguous()
+    return memoryview(folded.reshape(-1).view(dtype=torch.uint8).numpy())
+
+
+def write_folded_shards(plan: FoldPlan, layout: HeadLayout, destination: Path, show_progress: bool = True) -> list[str]:
+    """Write every shard of the plan into `destination`; return the names of the rewritten tensors."""
+    total = sum(shard.path.stat().st_size for shard in plan.shards.values())
+    rewritten = []
+    with tqdm(total=total, unit="B", unit_scale=True, desc="fold", disable=not show_progress) as bar:
+        for name, shard in plan.shards.items():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A whole-file copy (kernel copy_file_range where available), then the patched ranges overwritten in
+            # place: headers and every other tensor stay byte-identical and memory holds one tensor at a time.
+            shutil.copyfile(shard.path, target)
+            with open(target, "r+b") as handle:
+                for tensor in plan.patched_in(name):
+                    handle.seek(shard.tensors[tensor.name].begin)
+                    handle.write(folded_bytes(plan, tensor, layout))
+                    rewritten.append(tensor.name)
+            bar.update(shard.path.stat().st_size)
+    return rewritten
