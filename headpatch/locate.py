@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout, o_proj_modules
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
+from headpatch.placement import input_device
 from headpatch.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
 
 PAPER_SETTINGS: tuple[tuple[int, int], ...] = ((20, 50), (40, 25), (80, 15), (100, 10))
@@ -98,7 +99,7 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
 
         return hook
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = batch.input_ids.to(device)
     after = ids.shape[1] - s
     with _removed_after([module.register_forward_hook(capture(i)) for i, module in enumerate(modules)]):

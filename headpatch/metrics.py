@@ -7,11 +7,13 @@ from typing import Any, Iterable
 
 import torch
 
+from headpatch.placement import input_device
+
 
 @torch.no_grad()
 def perplexity(model: Any, tokenizer: Any, texts: Iterable[str], window: int = 512, max_windows: int = 64) -> float:
     """Token-level perplexity over non-overlapping windows of the concatenated texts."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     windows = ids[: (len(ids) // window) * window].view(-1, window)[:max_windows]
     total_loss, total_tokens = 0.0, 0

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from headpatch.placement import input_device
+
 # Each purpose draws from its own seed stream, so evaluation never reuses location or training sequences.
 PURPOSES = ("locate", "train", "eval")
 
@@ -93,7 +95,7 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
 @torch.no_grad()
 def copy_accuracy(model: Any, batch: CopyBatch, chunk: int = 20) -> float:
     """Fraction of copyable positions where the model's top token is the copied one."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     hits = total = 0
     for start in range(0, len(batch.input_ids), chunk):
         ids = batch.input_ids[start : start + chunk].to(device)

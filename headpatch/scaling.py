@@ -9,6 +9,7 @@ import torch
 
 from headpatch.architectures import HeadLayout, o_proj_modules
 from headpatch.heads import Head, check_heads
+from headpatch.placement import input_device
 
 
 class HeadScaling(torch.nn.Module):
@@ -36,7 +37,7 @@ class HeadScaling(torch.nn.Module):
         """Start scaling the model's patched heads."""
         self.detach()
         modules = o_proj_modules(model, self.layout)
-        self.to(next(model.parameters()).device)
+        self.to(input_device(model))
         for layer in sorted({layer for layer, _ in self.heads}):
             self._handles.append(modules[layer].register_forward_pre_hook(self._hook(layer)))
         return self

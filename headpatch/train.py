@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
+from headpatch.placement import input_device
 from headpatch.proxy import copy_accuracy, copy_batch, copy_loss, sampleable_ids, special_prefix
 from headpatch.scaling import HeadScaling, scaled_heads
 
@@ -56,7 +57,7 @@ class TrainResult:
 @torch.no_grad()
 def evaluate_copy(model: Any, vocab: torch.Tensor, prefix: list[int], options: TrainOptions) -> Evaluation:
     """Held-out loss (at the training n) and copy accuracy per length, on evaluation seeds only."""
-    device = next(model.parameters()).device
+    device = input_device(model)
     batch = copy_batch(vocab, options.eval_samples, options.n, options.seed, "eval", prefix)
     ids = batch.input_ids.to(device)
     loss = copy_loss(model, ids, batch).item()
@@ -79,7 +80,7 @@ def train_coefficients(
     started = time.perf_counter()
     vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
     prefix = special_prefix(tokenizer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     model.requires_grad_(False)
     before = evaluate_copy(model, vocab, prefix, options)
     scaling = HeadScaling(heads, layout).attach(model)

@@ -24,6 +24,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
+from headpatch.placement import input_device
 
 
 class _StopForward(Exception):
@@ -150,10 +151,11 @@ def _padding_inputs(attention_mask: torch.Tensor | None, new_tokens: int, device
 
 def _run(model: Any, input_ids: torch.Tensor, capture: _Capture, cache: DynamicCache | None,
          attention_mask: torch.Tensor | None = None) -> None:
-    padding = _padding_inputs(attention_mask, input_ids.shape[1], model.device)
+    device = input_device(model)
+    padding = _padding_inputs(attention_mask, input_ids.shape[1], device)
     with torch.no_grad(), _capturing(model, capture):
         try:
-            model(input_ids=input_ids.to(model.device), past_key_values=cache, use_cache=cache is not None,
+            model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=cache is not None,
                   **padding)
         except _StopForward:
             return
