@@ -32,6 +32,9 @@ LrOpt = typer.Option(5e-3, help="AdamW learning rate.")
 WarmupOpt = typer.Option(2, help="linear warm-up steps.")
 Ia3Opt = typer.Option(None, help="also save the coefficients as a peft IA3 adapter in this directory.")
 QuietOpt = typer.Option(False, "--quiet", "-q", help="no progress bars.")
+PushRepoOpt = typer.Option(None, help="after exporting, push the checkpoint to this Hub repo (e.g. me/llama-pear).")
+PrivateOpt = typer.Option(False, help="create the Hub repo as private.")
+CommitMessageOpt = typer.Option(None, help="commit message of the upload.")
 
 
 def _settings(text: str) -> tuple[tuple[int, int], ...]:
@@ -70,16 +73,21 @@ def _heads_record(loaded: Any, heads: str) -> dict[str, Any]:
     return given_heads_record(loaded, parse_heads(heads))
 
 
-def _save_ia3(loaded: Any, record: dict[str, Any], directory: Optional[Path]) -> None:
+def _save_ia3(layout: Any, base_model: str, record: dict[str, Any], directory: Optional[Path]) -> None:
     if directory is None:
         return
-    from headpatch.architectures import head_layout
     from headpatch.ia3 import save_ia3_adapter
     from headpatch.record import coefficients_of
 
-    layout = head_layout(loaded.model.config)
-    save_ia3_adapter(layout, coefficients_of(record), directory, loaded.source.base_model)
+    save_ia3_adapter(layout, coefficients_of(record), directory, base_model)
     typer.echo(f"wrote IA3 adapter to {directory}", err=True)
+
+
+def _push(folder: Path, options: Any) -> None:
+    from headpatch.hub import push_folder
+
+    url = push_folder(folder, options)
+    typer.echo(f"pushed {folder} to {options.repo_id}: {url}")
 
 
 @app.command()
@@ -115,6 +123,7 @@ def train(
     ia3: Optional[Path] = Ia3Opt, quiet: bool = QuietOpt,
 ) -> None:
     """Learn one coefficient per head with the model frozen."""
+    from headpatch.architectures import head_layout
     from headpatch.loading import load_model
     from headpatch.pipeline import train_step
     from headpatch.record import with_top_k, write_record
@@ -127,7 +136,7 @@ def train(
         record = with_top_k(record, k)
     record = train_step(loaded, record, options, show_progress=show)
     write_record(record, output)
-    _save_ia3(loaded, record, ia3)
+    _save_ia3(head_layout(loaded.model.config), loaded.source.base_model, record, ia3)
     training = record["pear"]["training"]
     typer.echo(
         f"held-out copy loss {training['heldout_before']['loss']:.4f} -> {training['heldout_after']['loss']:.4f}, "
@@ -138,9 +147,13 @@ def train(
 
 @app.command()
 def export(
-    model: str = ModelArg,
+    ctx: typer.Context,
+    model: Optional[str] = typer.Argument(None, help=ModelArg.help + " Optional with --recipe.", show_default=False),
     output: Path = typer.Option(..., "-o", "--output", help="directory of the patched checkpoint."),
-    patch: Optional[Path] = typer.Option(None, help="patch.json from `train`: fold it, no locating or training."),
+    recipe: Optional[Path] = typer.Option(None, help="recipes/X.yaml: model and settings; flags given here override it."),
+    dry_run: bool = typer.Option(False, help="with --recipe: check it and print the plan; load and write nothing."),
+    patch: Optional[Path] = typer.Option(
+        None, help="patch.json from `train`: fold it straight over the safetensors files, no model load."),
     heads: Optional[str] = typer.Option(None, help="heads.json or a head list: skip locating, train these."),
     overwrite: bool = typer.Option(False, help="replace a non-empty output directory."),
     k: int = KOpt, settings: str = SettingsOpt, mean_vector: str = MeanOpt, propagation: str = PropagationOpt,
@@ -150,9 +163,42 @@ def export(
     qrhead_data: Optional[str] = typer.Option(
         None, help="also detect QR heads: labelled QRHead JSON/JSONL, or 'builtin' for the built-in set."),
     qrhead_k: Optional[int] = typer.Option(None, help="QR heads to keep; default 16 (32 for models of 10B+)."),
+    push_to_hub: Optional[str] = PushRepoOpt, private: bool = PrivateOpt,
+    push_revision: Optional[str] = typer.Option(None, help="branch of the Hub repo to push to (created if needed)."),
+    commit_message: Optional[str] = CommitMessageOpt,
 ) -> None:
     """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
+    values = dict(ctx.params)
+    if recipe is not None:
+        from headpatch.plan import format_plan
+        from headpatch.recipe import export_values, load_recipe
+
+        loaded_recipe = load_recipe(recipe)
+        # Compared by name: typer ships its own copy of click, so click's enum class is not the one returned here.
+        given = {name for name in values if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        values.update({name: value for name, value in export_values(loaded_recipe).items() if name not in given})
+        if dry_run:
+            typer.echo(format_plan(loaded_recipe, values, output))
+            return
+    elif dry_run:
+        raise HeadpatchError("--dry-run needs --recipe: it prints the plan of a recipe")
+    if values["model"] is None:
+        raise HeadpatchError("give the MODEL to patch, or a --recipe that names it")
+    for name in ("recipe", "dry_run"):
+        values.pop(name)
+    _export(**values)
+
+
+def _export(
+    model: str, output: Path, patch: Optional[Path], heads: Optional[str], overwrite: bool, k: int, settings: str,
+    mean_vector: str, propagation: str, steps: int, batch_size: int, n: int, lr: float, warmup: int, seed: int,
+    dtype: str, device: str, revision: Optional[str], ia3: Optional[Path], quiet: bool, qrhead_data: Optional[str],
+    qrhead_k: Optional[int], push_to_hub: Optional[str], private: bool, push_revision: Optional[str],
+    commit_message: Optional[str],
+) -> None:
+    from headpatch.architectures import head_layout
     from headpatch.export import check_output_dir
+    from headpatch.hub import PushOptions
     from headpatch.loading import load_model
     from headpatch.pipeline import check_k, export_step, locate_step, qrhead_step, train_step
     from headpatch.qrhead.cli import BUILTIN_DOCS, detection_examples
@@ -160,26 +206,102 @@ def export(
 
     show = progress_enabled(quiet)
     check_output_dir(output, overwrite)
+    push = PushOptions(push_to_hub, private, push_revision, commit_message) if push_to_hub else None
     record = read_record(patch) if patch is not None else None
     qrhead_examples = None  # read before any model work, so bad data fails fast
     if qrhead_data is not None:
         data = None if qrhead_data == "builtin" else Path(qrhead_data)
         qrhead_examples = detection_examples(data, None, BUILTIN_DOCS, seed)
-    locate_options = _locate_options(settings, mean_vector, propagation, seed)
-    train_options = _train_options(steps, batch_size, n, lr, warmup, seed)
-    loaded = load_model(model, dtype, device, revision)
-    if record is None:
-        if heads is not None:
-            record = _heads_record(loaded, heads)
-        else:
-            check_k(loaded, k)
-            record = locate_step(loaded, locate_options, k, show_progress=show)
-        record = train_step(loaded, record, train_options, show_progress=show)
-    if qrhead_examples:
-        record = qrhead_step(loaded, record, *qrhead_examples, qrhead_k, show_progress=show)
-    _save_ia3(loaded, record, ia3)
-    out = export_step(loaded, record, output, overwrite)
+    if record is not None and qrhead_examples is None:
+        out = _fold_patch(model, revision, record, output, overwrite, ia3, show)
+    else:
+        locate_options = _locate_options(settings, mean_vector, propagation, seed)
+        train_options = _train_options(steps, batch_size, n, lr, warmup, seed)
+        loaded = load_model(model, dtype, device, revision)
+        if record is None:
+            if heads is not None:
+                record = _heads_record(loaded, heads)
+            else:
+                check_k(loaded, k)
+                record = locate_step(loaded, locate_options, k, show_progress=show)
+            record = train_step(loaded, record, train_options, show_progress=show)
+        if qrhead_examples:
+            record = qrhead_step(loaded, record, *qrhead_examples, qrhead_k, show_progress=show)
+        _save_ia3(head_layout(loaded.model.config), loaded.source.base_model, record, ia3)
+        out = export_step(loaded, record, output, overwrite, show_progress=show)
     typer.echo(f"exported {len(record['pear']['coefficients'])} patched heads -> {out}")
+    if push is not None:
+        _push(out, push)
+
+
+def _fold_patch(model: str, revision: Optional[str], record: dict[str, Any], output: Path, overwrite: bool,
+                ia3: Optional[Path], show: bool) -> Path:
+    """The no-model-load path: fold a trained patch over the source's safetensors files."""
+    from transformers import AutoConfig
+
+    from headpatch.architectures import head_layout
+    from headpatch.export import stream_export
+    from headpatch.hub import checkpoint_dir
+    from headpatch.loading import resolve_source
+
+    source = resolve_source(model, revision)
+    directory = checkpoint_dir(source)
+    out = stream_export(directory, record, output, overwrite, show_progress=show)
+    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.base_model, record, ia3)
+    return out
+
+
+@app.command()
+def push(
+    folder: Path = typer.Argument(..., help="an exported checkpoint directory."),
+    repo_id: str = typer.Argument(..., help="Hub repo to create or update, e.g. me/llama-pear."),
+    private: bool = PrivateOpt,
+    revision: Optional[str] = typer.Option(None, help="branch to push to (created if needed)."),
+    commit_message: Optional[str] = CommitMessageOpt,
+) -> None:
+    """Publish an export to the Hub (the token comes from HF_TOKEN or `hf auth login`, never from a flag)."""
+    from headpatch.hub import PushOptions
+
+    _push(folder, PushOptions(repo_id, private, revision, commit_message))
+
+
+@app.command()
+def inspect(
+    checkpoint: str = typer.Argument(..., help="exported checkpoint directory or Hub id (only config.json is read)."),
+    revision: Optional[str] = RevisionOpt,
+    as_json: bool = typer.Option(False, "--json", help="print the raw headpatch metadata as JSON."),
+) -> None:
+    """Show the headpatch metadata of a checkpoint: heads, coefficients, QR heads."""
+    import json
+
+    from headpatch.hub import read_config
+    from headpatch.summary import metadata_of, metadata_summary
+
+    config = read_config(checkpoint, revision)
+    if as_json:
+        typer.echo(json.dumps(metadata_of(config, checkpoint), indent=2))
+    else:
+        typer.echo(metadata_summary(config, checkpoint))
+
+
+@app.command()
+def verify(
+    checkpoint: Path = typer.Argument(..., help="exported checkpoint directory."),
+    base: str = typer.Option(..., help="the source checkpoint: directory, Hub id or demo alias."),
+    revision: Optional[str] = RevisionOpt, quiet: bool = QuietOpt,
+) -> None:
+    """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors."""
+    from headpatch.hub import checkpoint_dir
+    from headpatch.loading import resolve_source
+    from headpatch.verify import verify_export
+
+    result = verify_export(checkpoint, checkpoint_dir(resolve_source(base, revision)), progress_enabled(quiet))
+    for problem in result.problems:
+        typer.echo(f"UNEXPECTED {problem}")
+    typer.echo(f"{result.tensors} tensors compared, {len(result.patched)} patched as recorded, "
+               f"{len(result.problems)} unexpected differences")
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 app.add_typer(qrhead_app, name="qrhead")

@@ -1,0 +1,151 @@
+"""Estimates of the memory each step needs, from a model's shape alone (no weights loaded).
+
+The working-memory figures follow what the code keeps alive, summed over all devices a placement spreads it over:
+location holds the clean key/value cache plus one widened copy per chunk size of heads recomputed together, training
+holds the activations autograd saves to reach the coefficients, detection holds one prompt's cache and the per-layer
+attention of its query span, and the streaming export holds one output projection at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from headpatch.errors import HeadpatchError
+from headpatch.locate import LocateOptions
+from headpatch.train import TrainOptions
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto" keeps the checkpoint's, 16-bit for most
+DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300)
+QUERY_TOKENS = 64  # the query span: instruction, question and assistant header after the documents
+PREFIX_TOKENS = 1  # special tokens in front of a proxy sequence (Llama's BOS)
+
+# Where a model_type's decoder layer keeps more for backward than a Llama-style one (checked by the tests).
+LAYER_TRAITS: dict[str, dict[str, object]] = {
+    "qwen3": {"qk_norm": True},
+    "olmo2": {"qk_norm": True},
+    "gemma2": {"norms_per_layer": 4, "eager_attention": True},  # softcapped logits: transformers runs eager attention
+}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that decide memory: parameter count and the transformer's geometry."""
+
+    parameters: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    norms_per_layer: int = 2
+    qk_norm: bool = False  # RMS norms on queries and keys
+    eager_attention: bool = False  # attention probabilities materialised (and kept for backward)
+
+    @property
+    def attention_width(self) -> int:
+        """Width of the query heads together (the o_proj input), not always the hidden size."""
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        """Width of the key (or value) heads together."""
+        return self.num_kv_heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class StepMemory:
+    """One step's estimate: the weights, and what it needs on top of them."""
+
+    step: str
+    weights: int  # bytes
+    working: int  # bytes
+    holds: str  # what the working memory is
+
+
+def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> int:
+    """Keys and values of one token over all layers."""
+    return 2 * shape.num_layers * shape.kv_width * dtype_bytes
+
+
+def _chunk_sizes(num_heads: int, per_chunk: int) -> set[int]:
+    # head_effects keeps one widened cache per distinct chunk size: the full chunks and the remainder
+    if num_heads <= per_chunk:
+        return {num_heads}
+    return {per_chunk} | ({num_heads % per_chunk} if num_heads % per_chunk else set())
+
+
+def locate_bytes(shape: ModelShape, dtype_bytes: int, options: LocateOptions, prefix: int = PREFIX_TOKENS) -> int:
+    """Peak over the settings of: clean cache, widened caches, and float32 logits of one recomputed position."""
+    per_token = kv_bytes_per_token(shape, dtype_bytes)
+    worst = 0
+    for samples, n in options.settings:
+        length = prefix + 2 * n
+        per_chunk = max(1, options.max_rows // samples)
+        widened = sum(samples * copies * (length - 1) for copies in _chunk_sizes(shape.num_heads, per_chunk))
+        rows = samples * min(per_chunk, shape.num_heads)
+        logits = rows * shape.vocab_size * (dtype_bytes + 4)
+        worst = max(worst, (samples * length + widened) * per_token + logits)
+    return worst
+
+
+def activation_bytes_per_token_layer(shape: ModelShape, dtype_bytes: int, sequence: int) -> int:
+    """What autograd saves per token and layer when only head coefficients need gradients.
+
+    Frozen linear layers keep no copy of their inputs (only a reference to their weights), so what remains is
+    attention (queries, keys, values, output), the gated MLP's three intermediate tensors, and the float32 input
+    each RMS norm keeps; eager attention also keeps its logits and float32 probabilities over the `sequence` keys.
+    """
+    saved = 2 * shape.attention_width + 2 * shape.kv_width + 3 * shape.intermediate_size
+    normed = shape.norms_per_layer * shape.hidden_size + (shape.attention_width + shape.kv_width) * shape.qk_norm
+    eager = shape.num_heads * sequence * (2 * dtype_bytes + 4) if shape.eager_attention else 0
+    return saved * dtype_bytes + 4 * normed + eager
+
+
+def train_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
+    """Saved activations of one batch plus its copy-half logits (float32 with gradients), or the held-out check."""
+    sequence = prefix + 2 * options.n
+    per_token_layer = activation_bytes_per_token_layer(shape, dtype_bytes, sequence)
+    activations = shape.num_layers * options.batch_size * sequence * per_token_layer
+    logits = options.batch_size * options.n * shape.vocab_size * (dtype_bytes + 12)
+    # copy_accuracy scores 20 sequences at a time, keeping the logits of their whole copy half
+    heldout = min(20, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * dtype_bytes
+    return max(activations + logits, heldout)
+
+
+def detect_bytes(shape: ModelShape, dtype_bytes: int, tokens: int = DETECT_TOKENS, query: int = QUERY_TOKENS) -> int:
+    """One prompt's key/value cache, one layer's float32 query-span attention and activations, all heads' results."""
+    cache = tokens * kv_bytes_per_token(shape, dtype_bytes)
+    attention = 3 * shape.num_heads * query * tokens * 4  # scores, mask added, softmax
+    layer = tokens * (3 * shape.intermediate_size + 4 * shape.hidden_size) * dtype_bytes
+    results = 4 * shape.num_layers * shape.num_heads * tokens * 4  # real and "N/A" query, per layer and stacked
+    return cache + attention + layer + results
+
+
+def export_bytes(shape: ModelShape, dtype_bytes: int) -> int:
+    """The streaming export's peak: one output projection read, folded in float32 and cast back."""
+    return shape.hidden_size * shape.attention_width * (2 * dtype_bytes + 4)
+
+
+def step_memory(
+    shape: ModelShape, dtype: str, locate: LocateOptions = LocateOptions(), train: TrainOptions = TrainOptions(),
+    detect_tokens: int = DETECT_TOKENS,
+) -> list[StepMemory]:
+    """Estimates for locate, train, detect and the streaming export at one dtype."""
+    if dtype not in DTYPE_BYTES:
+        raise HeadpatchError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
+    size = DTYPE_BYTES[dtype]
+    weights = shape.parameters * size
+    return [
+        StepMemory("locate", weights, locate_bytes(shape, size, locate), "key/value caches and logits"),
+        StepMemory("train", weights, train_bytes(shape, size, train), "activations and copy-half logits"),
+        StepMemory("detect", weights, detect_bytes(shape, size, detect_tokens),
+                   f"cache and attention of one {detect_tokens:,}-token prompt"),
+        StepMemory("export", 0, export_bytes(shape, size), "one output projection (weights stay on disk)"),
+    ]
+
+
+def gigabytes(size: int) -> str:
+    """Bytes as decimal gigabytes with one decimal, e.g. '16.1 GB'."""
+    return f"{size / 1e9:.1f} GB"

@@ -1,0 +1,92 @@
+"""`headpatch export --recipe`: the recipe's values reach the run, flags override them, --dry-run loads nothing."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from headpatch.cli import app
+from headpatch.errors import HeadpatchError
+from tests.conftest import run_cli
+from tests.tiny import tiny_model
+
+TINY_RECIPE = """
+name: tiny-llama
+model: {model}
+dtype: float32
+device: cpu
+seed: 3
+architecture:
+  model_type: llama
+  num_hidden_layers: 3
+  num_attention_heads: 4
+  num_key_value_heads: 2
+  hidden_size: 64
+  head_dim: 24
+  intermediate_size: 128
+  vocab_size: 300
+  parameters_b: 0.0001
+pear:
+  k: 3
+  settings: [[4, 8]]
+train:
+  steps: 2
+  batch_size: 2
+  n: 8
+  lr: 0.01
+  warmup_steps: 0
+"""
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path) -> Path:
+    source = tmp_path / "tiny-llama"
+    tiny_model("llama").to(torch.float32).save_pretrained(source)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE.format(model=source))
+    return path
+
+
+def test_a_recipe_runs_with_its_settings_and_flags_override_them(tiny_recipe, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["export", "--recipe", str(tiny_recipe), "-o", str(out), "-q", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    pear = json.loads((out / "config.json").read_text())["headpatch"]["pear"]
+    assert len(pear["heads"]) == 3 and pear["location"]["settings"] == [[4, 8]] and pear["location"]["seed"] == 3
+    assert pear["training"]["steps"] == 3 and pear["training"]["batch_size"] == 2 and pear["training"]["lr"] == 0.01
+
+
+def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tiny_recipe, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--dry-run loaded a model")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    result = CliRunner().invoke(app, ["export", "--recipe", str(tiny_recipe), "-o", str(tmp_path / "out"),
+                                      "--dry-run", "--k", "5", "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert "keep the top 5" in result.output and "dtype    bfloat16" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")))
+def test_every_shipped_recipe_dry_runs(recipe, tmp_path):
+    result = CliRunner().invoke(app, ["export", "--recipe", str(recipe), "-o", str(tmp_path / "out"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"recipe {recipe.stem} (dry run")
+
+
+def test_recipe_errors_and_a_missing_model_are_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY_RECIPE.format(model="x").replace("  k: 3", "  kk: 3"))
+    result = run_cli("export", "--recipe", str(bad), "-o", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("headpatch: error: ") and "kk" in result.stderr and len(result.stderr.splitlines()) == 1
+    with pytest.raises(HeadpatchError, match="give the MODEL"):
+        CliRunner().invoke(app, ["export", "-o", str(tmp_path / "out")], catch_exceptions=False)
+    with pytest.raises(HeadpatchError, match="--dry-run needs --recipe"):
+        CliRunner().invoke(app, ["export", "m", "-o", str(tmp_path / "out"), "--dry-run"], catch_exceptions=False)
+    assert not (tmp_path / "out").exists()
