@@ -18,7 +18,8 @@ app = typer.Typer(help="Make a causal LM read its context better and ship it as 
 
 ModelArg = typer.Argument(..., help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m.")
 DtypeOpt = typer.Option("float32", help="dtype for locating and training: float32, bfloat16, float16 or auto.")
-DeviceOpt = typer.Option("cpu", help="torch device, or 'auto' for accelerate's placement across devices.")
+DeviceOpt = typer.Option("cpu", "--device", "--device-map",
+                         help="torch device, or 'auto' for accelerate's placement across GPUs and CPU memory.")
 RevisionOpt = typer.Option(None, help="Hub revision (branch, tag or commit).")
 KOpt = typer.Option(10, "--k", help="number of suppression heads to patch.")
 SettingsOpt = typer.Option("20x50,40x25,80x15,100x10", help="(samples)x(n) location settings, comma-separated.")
@@ -37,20 +38,11 @@ PrivateOpt = typer.Option(False, help="create the Hub repo as private.")
 CommitMessageOpt = typer.Option(None, help="commit message of the upload.")
 
 
-def _settings(text: str) -> tuple[tuple[int, int], ...]:
-    try:
-        pairs = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise HeadpatchError(f"malformed settings {text!r}; expected e.g. 20x50,40x25") from exc
-    if not pairs or any(len(pair) != 2 for pair in pairs):
-        raise HeadpatchError(f"malformed settings {text!r}; expected e.g. 20x50,40x25")
-    return pairs  # type: ignore[return-value]
-
-
 def _locate_options(settings: str, mean_vector: str, propagation: str, seed: int) -> Any:
     from headpatch.locate import LocateOptions
+    from headpatch.recipe import parse_settings
 
-    return LocateOptions(_settings(settings), mean_vector, propagation, seed)
+    return LocateOptions(parse_settings(settings), mean_vector, propagation, seed)
 
 
 def _train_options(steps: int, batch_size: int, n: int, lr: float, warmup: int, seed: int) -> Any:
