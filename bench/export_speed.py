@@ -6,8 +6,8 @@
 The synthetic checkpoints are Llama-shaped with a few wide layers (hidden 4096, 32 heads, 8 KV heads, MLP 14336), random
 bf16 weights written shard by shard (1 GB shards) by this script. Each export runs `headpatch export SRC --patch P` in a
 fresh process (no model load) that patches two heads in every layer; "export s" is the export call itself (fsync of
-every output file included; cp does not fsync), "with start-up" adds interpreter start and imports; peak resident
-memory is that process's maxrss.
+every output file included; plain cp does not fsync, so "cp+sync" also times `sync` of the copied files),
+"with start-up" adds interpreter start and imports; peak resident memory is that process's own VmHWM.
 The page cache is warmed first and cp/export alternate, so neither gets a colder disk than the other.
 """
 
@@ -32,18 +32,21 @@ from headpatch.record import new_record, write_record  # noqa: E402
 
 WIDE = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336)
 SHARD_BYTES = 1 << 30
-RUNNER = r"""
-import resource, sys, time
+# Peak RSS is VmHWM of the process's own address space: getrusage's ru_maxrss would also count the parent's peak,
+# which Linux carries over through fork/vfork + exec.
+PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) / 1024"
+RUNNER = rf"""
+import sys, time
+import transformers
 from headpatch.export import stream_export
 from headpatch.record import read_record
 start = time.perf_counter()
 stream_export(sys.argv[1], read_record(sys.argv[2]), sys.argv[3], show_progress=False)
-print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(time.perf_counter() - start, {PEAK})
 """
-IMPORTS_ONLY = r"""
-import resource
+IMPORTS_ONLY = rf"""
 import headpatch.export, headpatch.record, transformers
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print({PEAK})
 """
 
 
@@ -107,12 +110,14 @@ def compare(source: Path, work: Path, rounds: int) -> dict[str, float]:
     """Median seconds of cp -r and of the export, alternating, plus the export's peak RSS."""
     patch = patch_every_layer(source, work)
     subprocess.run(["cat", *map(str, source.rglob("*.safetensors"))], stdout=subprocess.DEVNULL, check=True)
-    copies, exports, processes, peaks = [], [], [], []
+    copies, synced, exports, processes, peaks = [], [], [], [], []
     for _ in range(rounds):
         target = work / "copy"
         start = time.perf_counter()
         subprocess.run(["cp", "-r", str(source), str(target)], check=True)
         copies.append(time.perf_counter() - start)
+        subprocess.run(["sync", *map(str, target.rglob("*"))], check=True)
+        synced.append(time.perf_counter() - start)
         shutil.rmtree(target)
         out = work / "export"
         start = time.perf_counter()
@@ -123,7 +128,7 @@ def compare(source: Path, work: Path, rounds: int) -> dict[str, float]:
         exports.append(seconds)
         peaks.append(peak)
         shutil.rmtree(out)
-    return {"bytes": dir_bytes(source), "cp_s": statistics.median(copies), "export_s": statistics.median(exports),
+    return {"bytes": dir_bytes(source), "cp_s": statistics.median(copies), "cp_sync_s": statistics.median(synced), "export_s": statistics.median(exports),
             "process_s": statistics.median(processes),
             "export_peak_rss_mib": max(peaks)}
 
@@ -150,11 +155,12 @@ def main() -> None:
 
             smollm2 = Path(resolve_source("smollm2-135m").location)
             rows.append(("SmolLM2-135M fp32", compare(smollm2, work, args.rounds)))
-    print(f"{'checkpoint':<24} {'size GB':>8} {'cp -r s':>8} {'export s':>9} {'ratio':>6} {'with start-up s':>16} "
-          f"{'peak RSS MiB':>13}")
+    print(f"{'checkpoint':<20} {'GB':>5} {'cp -r s':>8} {'cp+sync s':>10} {'export s':>9} {'/cp':>5} {'/cp+sync':>9} "
+          f"{'with start-up s':>16} {'peak RSS MiB':>13}")
     for name, row in rows:
-        print(f"{name:<24} {row['bytes'] / 1e9:>8.2f} {row['cp_s']:>8.2f} {row['export_s']:>9.2f} "
-              f"{row['export_s'] / row['cp_s']:>6.2f} {row['process_s']:>16.2f} {row['export_peak_rss_mib']:>13.0f}")
+        print(f"{name:<20} {row['bytes'] / 1e9:>5.2f} {row['cp_s']:>8.2f} {row['cp_sync_s']:>10.2f} "
+              f"{row['export_s']:>9.2f} {row['export_s'] / row['cp_s']:>5.2f} {row['export_s'] / row['cp_sync_s']:>9.2f} "
+              f"{row['process_s']:>16.2f} {row['export_peak_rss_mib']:>13.0f}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ from headpatch.errors import HeadpatchError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
-OTHER_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx")
+# Weights in other formats, or second copies of them (Llama's original/, Mistral's consolidated.safetensors): never
+# carried into an export, since unpatched copies would let a loader pick the wrong weights.
+OTHER_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx", "*.onnx_data",
+                         "*.ot", "*.tflite", "*.safetensors", "*.safetensors.index.json", "original/*", "onnx/*")
 TORCH_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors library refuses bigger headers too
 _BYTES_PER_ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -66,18 +69,20 @@ def read_shard(path: Path) -> Shard:
     if not isinstance(header, dict):
         raise HeadpatchError(f"{path} is corrupt: the safetensors header is not a JSON object")
     start = 8 + length
-    tensors, data_end = {}, 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        entry = _entry(path, name, info, start)
+    tensors = {name: _entry(path, name, info, start) for name, info in header.items() if name != "__metadata__"}
+    # Tensors must tile the data area exactly, as the safetensors library requires: an overlap would let the in-place
+    # rewrite of one tensor change another.
+    position = start
+    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
         if entry.end > size:
             raise HeadpatchError(
-                f"{path} is truncated: tensor {name} needs bytes up to {entry.end}, the file has {size}")
-        tensors[name] = entry
-        data_end = max(data_end, entry.end)
-    if data_end != size:
-        raise HeadpatchError(f"{path} is corrupt: its tensors end at byte {data_end} but the file has {size}")
+                f"{path} is truncated: tensor {entry.name} needs bytes up to {entry.end}, the file has {size}")
+        if entry.begin != position:
+            raise HeadpatchError(f"{path} is corrupt: tensor {entry.name} starts at byte {entry.begin}, expected "
+                                 f"{position} (overlapping or gapped tensors)")
+        position = entry.end
+    if position != size:
+        raise HeadpatchError(f"{path} is corrupt: its tensors end at byte {position} but the file has {size}")
     return Shard(path, start, tensors)
 
 
@@ -97,23 +102,25 @@ def _entry(path: Path, name: str, info: object, start: int) -> TensorEntry:
 
 
 def weight_files(directory: Path) -> dict[str, str]:
-    """{tensor name: shard file name} from the index, or from the single model.safetensors."""
-    index = directory / INDEX_FILE
+    """{tensor name: shard file name} from model.safetensors, or else from the index (transformers' order)."""
+    index, single = directory / INDEX_FILE, directory / SINGLE_FILE
+    if single.is_file():  # transformers' own order when both exist
+        return {name: SINGLE_FILE for name in read_shard(single).tensors}
     if index.is_file():
         try:
             mapping = json.loads(index.read_text())["weight_map"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise HeadpatchError(f"{index} is not a readable safetensors index: {exc}") from exc
         for shard in sorted(set(mapping.values())):
+            if Path(shard).is_absolute() or ".." in Path(shard).parts:
+                raise HeadpatchError(f"{index} names shard {shard!r} outside the checkpoint directory")
             if not (directory / shard).is_file():
                 raise HeadpatchError(f"{index} names shard {shard}, which is missing from {directory}")
         return dict(mapping)
-    single = directory / SINGLE_FILE
-    if single.is_file():
-        return {name: SINGLE_FILE for name in read_shard(single).tensors}
-    if any(any(directory.glob(pattern)) for pattern in OTHER_WEIGHT_PATTERNS):
+    if any(any(directory.glob(pattern)) for pattern in ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack")):
         raise HeadpatchError(f"{directory} has no safetensors weights, only other formats; {CONVERSION_HINT}")
-    raise HeadpatchError(f"{directory} holds no model.safetensors or {INDEX_FILE}")
+    raise HeadpatchError(f"{directory} holds no {SINGLE_FILE} or {INDEX_FILE}; if the checkpoint has only .bin "
+                         f"weights, {CONVERSION_HINT}")
 
 
 def read_shards(directory: Path, mapping: dict[str, str]) -> dict[str, Shard]:

@@ -142,7 +142,7 @@ def export(
     ctx: typer.Context,
     model: Optional[str] = typer.Argument(None, help=ModelArg.help + " Optional with --recipe.", show_default=False),
     output: Path = typer.Option(..., "-o", "--output", help="directory of the patched checkpoint."),
-    recipe: Optional[Path] = typer.Option(None, help="recipes/X.yaml: model and settings; flags given here override it."),
+    recipe: Optional[Path] = typer.Option(None, help="recipes/X.yaml: model and settings; flags given here override."),
     dry_run: bool = typer.Option(False, help="with --recipe: check it and print the plan; load and write nothing."),
     patch: Optional[Path] = typer.Option(
         None, help="patch.json from `train`: fold it straight over the safetensors files, no model load."),
@@ -210,6 +210,8 @@ def _export(
         locate_options = _locate_options(settings, mean_vector, propagation, seed)
         train_options = _train_options(steps, batch_size, n, lr, warmup, seed)
         loaded = load_model(model, dtype, device, revision)
+        if qrhead_k is not None:
+            check_k(loaded, qrhead_k)  # before location and training, not after them
         if record is None:
             if heads is not None:
                 record = _heads_record(loaded, heads)
@@ -282,7 +284,9 @@ def verify(
     base: str = typer.Option(..., help="the source checkpoint: directory, Hub id or demo alias."),
     revision: Optional[str] = RevisionOpt, quiet: bool = QuietOpt,
 ) -> None:
-    """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors."""
+    """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors.
+
+    Exit code 0: only the recorded patch differs; 1: unexpected differences (listed); 2: the inputs cannot be read."""
     from headpatch.hub import checkpoint_dir
     from headpatch.loading import resolve_source
     from headpatch.verify import verify_export

@@ -23,8 +23,9 @@ from headpatch.stream import plan_fold, write_folded_shards
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
 
 
-def check_output_dir(out: Path, overwrite: bool, source_dir: Path | None = None) -> None:
-    """Refuse an output that exists (unless overwrite) or that overlaps the source checkpoint."""
+def check_output_dir(out: Path, overwrite: bool, source_dir: Path | None = None, marker: str = "headpatch.json") -> None:
+    """Refuse an output that overlaps the source, or exists and is not empty, unless `overwrite` is given and it holds
+    `marker` (the file every earlier run of the same kind wrote), so --overwrite never deletes an unrelated folder."""
     out = out.resolve()
     if source_dir is not None:
         source_dir = source_dir.resolve()
@@ -33,8 +34,12 @@ def check_output_dir(out: Path, overwrite: bool, source_dir: Path | None = None)
     if out.exists():
         if not out.is_dir():
             raise HeadpatchError(f"output path {out} exists and is not a directory")
-        if any(out.iterdir()) and not overwrite:
-            raise HeadpatchError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
+        if any(out.iterdir()):
+            if not overwrite:
+                raise HeadpatchError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
+            if not (out / marker).is_file():
+                raise HeadpatchError(f"output directory {out} is not empty and holds no {marker} from an earlier run; "
+                                     "refusing to replace it even with --overwrite")
 
 
 def _fsync_tree(root: Path) -> None:
@@ -47,13 +52,20 @@ def _fsync_tree(root: Path) -> None:
 def publish_dir(staging: Path, out: Path) -> None:
     """Move a finished staging directory into place, replacing `out` only once the new one is complete."""
     _fsync_tree(staging)
-    if out.exists():
-        retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        out.rename(retired / "old")
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; the output gets the permissions of a normal mkdir
+    if not out.exists():
         staging.rename(out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    out.rename(retired / "old")
+    try:
         staging.rename(out)
+    except BaseException:
+        (retired / "old").rename(out)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
 
 
 @contextmanager
@@ -94,16 +106,18 @@ def export_checkpoint(
     return out
 
 
-def carried_files(source: Path, weights: set[str]) -> Iterator[tuple[Path, str]]:
-    """Source files an export copies unchanged: not the weights, not other weight formats, not what export writes."""
+def carried_files(source: Path) -> Iterator[tuple[Path, str]]:
+    """Source files an export copies unchanged: no weights of any format (the fold writes its own), no hidden files,
+    nothing the export writes itself."""
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source).as_posix()
         if any(part.startswith(".") for part in path.relative_to(source).parts) or not path.is_file():
             continue
-        if relative in weights or relative in WRITTEN_BY_EXPORT:
+        if relative in WRITTEN_BY_EXPORT:
             continue
-        if any(fnmatch.fnmatch(path.name, pattern) for pattern in OTHER_WEIGHT_PATTERNS):
-            continue  # unpatched .bin/.pth copies would let loaders pick the wrong weights
+        if any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(path.name, pattern)
+               for pattern in OTHER_WEIGHT_PATTERNS):
+            continue
         yield path, relative
 
 
@@ -123,9 +137,11 @@ def stream_export(
     check_fits(record, layout)
     plan = plan_fold(source, layout, coefficients_of(record))
     with staged_output(out) as staging:
-        for path, relative in carried_files(source, set(plan.shards)):
+        for path, relative in carried_files(source):
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, staging / relative)
+        if plan.index is not None:
+            shutil.copyfile(source / plan.index, staging / plan.index)
         write_folded_shards(plan, layout, staging, show_progress)
         raw_config = json.loads((source / "config.json").read_text())
         raw_config["headpatch"] = config_metadata(record)

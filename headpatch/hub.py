@@ -3,31 +3,52 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headpatch.checkpoint import OTHER_WEIGHT_PATTERNS
+from headpatch.checkpoint import INDEX_FILE, SINGLE_FILE
 from headpatch.errors import HeadpatchError
 from headpatch.loading import Source
 
-# Llama's original/ folder holds a second, consolidated copy of the weights that an export does not use.
-SKIPPED_ON_DOWNLOAD = [*OTHER_WEIGHT_PATTERNS, "original/*"]
+# Config, generation config, tokenizer files and chat templates: everything an export carries besides the weights.
+SMALL_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py"]
 
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
+def _weight_files_to_fetch(repo_id: str, revision: str | None) -> list[str]:
+    """The safetensors files a load would read: model.safetensors if present, else the shards its index names."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, SINGLE_FILE, revision=revision)
+        return [SINGLE_FILE]
+    except EntryNotFoundError:
+        pass
+    try:
+        index = json.loads(Path(hf_hub_download(repo_id, INDEX_FILE, revision=revision)).read_text())
+    except EntryNotFoundError:
+        return []  # weight_files() then explains that only other formats exist
+    return [INDEX_FILE, *sorted(set(index.get("weight_map", {}).values()))]
+
+
 def checkpoint_dir(source: Source) -> Path:
-    """A local directory holding the source's files: itself, or a Hub snapshot (cache, HF_HUB_OFFLINE honoured)."""
+    """A local directory holding the source's files: itself, or a Hub snapshot of just the config, tokenizer and the
+    safetensors weights a load would read (cache, HF_HUB_OFFLINE and the revision honoured)."""
     location = Path(source.location)
     if location.is_dir():
         return location
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(source.location, revision=source.revision, ignore_patterns=SKIPPED_ON_DOWNLOAD))
+        weights = _weight_files_to_fetch(source.location, source.revision)
+        return Path(snapshot_download(source.location, revision=source.revision,
+                                      allow_patterns=[*SMALL_FILES, *weights]))
     except Exception as exc:  # huggingface_hub raises many types; all mean the files could not be had
         raise HeadpatchError(f"cannot fetch {source.location} from the Hub: {_first_line(exc)}") from exc
 
@@ -69,8 +90,8 @@ class PushOptions:
         if self.revision:
             parts += ["--revision", self.revision]
         if self.commit_message:
-            parts += ["--commit-message", json.dumps(self.commit_message)]
-        return " ".join(parts)
+            parts += ["--commit-message", self.commit_message]
+        return shlex.join(parts)
 
 
 def push_folder(folder: Path, options: PushOptions) -> str:
@@ -84,6 +105,9 @@ def push_folder(folder: Path, options: PushOptions) -> str:
     message = options.commit_message or f"Upload {folder.name} patched with headpatch"
     try:
         api.create_repo(options.repo_id, private=options.private, exist_ok=True, repo_type="model")
+        # create_repo(exist_ok=True) leaves an existing repo's visibility as it is
+        if options.private and not api.repo_info(options.repo_id, repo_type="model").private:
+            raise HeadpatchError(f"{options.repo_id} already exists and is public; refusing to upload a --private push")
         if options.revision:
             api.create_branch(options.repo_id, branch=options.revision, exist_ok=True)
         info = api.upload_folder(folder_path=folder, repo_id=options.repo_id, revision=options.revision,

@@ -63,12 +63,14 @@ def qrhead_step(
     from headpatch.qrhead.metadata import qrhead_metadata
     from headpatch.qrhead.prompt import uses_chat_template
 
+    k = default_k(loaded.model) if k is None else k
+    check_k(loaded, k)
     layout = head_layout(loaded.model.config)
     coefficients = coefficients_of(record) if record.get("pear", {}).get("coefficients") else {}
     with scaled_heads(loaded.model, layout, coefficients):
         result = detect_heads(loaded.model, loaded.tokenizer, examples, show_progress)
     section = qrhead_metadata(
-        result, k or default_k(loaded.model), data_name, uses_chat_template(loaded.tokenizer), all_scores=True
+        result, k, data_name, uses_chat_template(loaded.tokenizer), all_scores=True
     )
     return {**record, "qrhead": section}
 

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headpatch.architectures import HeadLayout
-from headpatch.checkpoint import Shard, read_shards, read_tensor, weight_files
+from headpatch.checkpoint import INDEX_FILE, SINGLE_FILE, Shard, read_shards, read_tensor, weight_files
 from headpatch.errors import HeadpatchError
 from headpatch.fold import by_layer, fold_weight
 from headpatch.heads import Head, check_heads
@@ -34,6 +34,7 @@ class FoldPlan:
     directory: Path
     shards: dict[str, Shard]
     patched: tuple[PatchedTensor, ...]
+    index: str | None  # the shard index file, when the weights come from one
 
     def patched_in(self, shard: str) -> list[PatchedTensor]:
         """The patched tensors stored in one shard."""
@@ -78,7 +79,8 @@ def plan_fold(directory: Path, layout: HeadLayout, coefficients: dict[Head, floa
                 f"the patch does not fit {directory / mapping[name]}: tensor {name} has shape {list(entry.shape)}, "
                 f"the recorded heads need {list(_expected_shape(layout))}")
         patched.append(PatchedTensor(name, mapping[name], layer, heads))
-    return FoldPlan(directory, shards, tuple(patched))
+    index = None if (directory / SINGLE_FILE).is_file() else INDEX_FILE
+    return FoldPlan(directory, shards, tuple(patched), index)
 
 
 def folded_bytes(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> memoryview:

@@ -15,6 +15,7 @@ from headpatch.errors import HeadpatchError
 from headpatch.fold import fold_weight
 from headpatch.record import coefficients_of
 from headpatch.stream import plan_fold
+from headpatch.summary import metadata_of
 
 _CHUNK = 16 * 1024 * 1024
 
@@ -60,11 +61,12 @@ def verify_export(out_dir: Path, base_dir: Path, show_progress: bool = True) -> 
     """Compare an export with its base: same names, shapes and dtypes; bytes equal except the recorded patch."""
     from transformers import AutoConfig
 
-    config = json.loads((out_dir / "config.json").read_text())
-    if "headpatch" not in config:
-        raise HeadpatchError(f"{out_dir}/config.json holds no headpatch metadata; it is not a headpatch export")
+    try:
+        config = json.loads((out_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HeadpatchError(f"cannot read {out_dir / 'config.json'}: {exc}") from exc
     layout = head_layout(AutoConfig.from_pretrained(base_dir))
-    plan = plan_fold(base_dir, layout, coefficients_of(config["headpatch"]))
+    plan = plan_fold(base_dir, layout, coefficients_of(metadata_of(config, str(out_dir))))
     heads_of = {tensor.name: tensor.heads for tensor in plan.patched}
     base_map, out_map = weight_files(base_dir), weight_files(out_dir)
     base_shards, out_shards = plan.shards, read_shards(out_dir, out_map)

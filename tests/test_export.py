@@ -147,10 +147,16 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     (out / "keep.txt").write_text("precious")
     with pytest.raises(HeadpatchError, match="not empty"):
         export_checkpoint(model, None, record, out)
+    with pytest.raises(HeadpatchError, match="holds no headpatch.json from an earlier run"):
+        export_checkpoint(model, None, record, out, overwrite=True)
     assert (out / "keep.txt").read_text() == "precious"
+    (out / "keep.txt").unlink()
+    export_checkpoint(model, None, record, out)
+    (out / "stale.txt").write_text("from the earlier export")
     export_checkpoint(model, None, record, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)
 
 
 def test_output_inside_the_source_is_refused(tmp_path):

@@ -26,15 +26,23 @@ SECRET = "hf_headpatch_test_secret_token"
 class FakeHub:
     """Answers the Hub endpoints that create_repo + upload_folder use, recording what it received."""
 
-    def __init__(self, fail_commit: bool = False) -> None:
+    def __init__(self, fail_commit: bool = False, existing_public: bool = False) -> None:
         self.requests: list[httpx2.Request] = []
         self.fail_commit = fail_commit
+        self.existing_public = existing_public
+        self.private = False
 
     def __call__(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(request)
         path = request.url.path
         if path == "/api/repos/create":
+            if self.existing_public:
+                return httpx2.Response(409, json={"error": "You already created this model repo",
+                                                  "url": "https://huggingface.co/me/pear"})
+            self.private = json.loads(request.content)["visibility"] == "private"
             return httpx2.Response(200, json={"url": "https://huggingface.co/me/pear", "name": "me/pear"})
+        if path == "/api/models/me/pear" and request.method == "GET":
+            return httpx2.Response(200, json={"id": "me/pear", "private": self.private, "sha": "abc123"})
         if path == "/api/validate-yaml":
             return httpx2.Response(200, json={"errors": [], "warnings": []})
         if "/branch/" in path:
@@ -111,9 +119,17 @@ def test_a_failed_push_keeps_the_export_and_prints_the_retry_without_the_token(f
         push_folder(out, PushOptions("me/pear", private=True, commit_message="try it"))
     message = str(caught.value)
     assert f"the export is kept at {out}" in message
-    assert f'retry with: headpatch push {out} me/pear --private --commit-message "try it"' in message
+    assert f"retry with: headpatch push {out} me/pear --private --commit-message 'try it'" in message
     assert SECRET not in message and SECRET not in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_a_private_push_to_an_existing_public_repo_is_refused(fake_hub, exported):
+    hub = fake_hub(existing_public=True)
+    _, out = exported
+    with pytest.raises(HeadpatchError, match="already exists and is public; refusing"):
+        push_folder(out, PushOptions("me/pear", private=True))
+    assert not any("/commit/" in r.url.path or "/preupload/" in r.url.path for r in hub.requests)
 
 
 def test_export_push_to_hub_from_the_cli(fake_hub, tmp_path):
@@ -197,6 +213,8 @@ def test_verify_passes_an_honest_export_and_catches_tampering(exported, tmp_path
         tensors[name] = tensors[name].clone()
         tensors[name][0, -1] += 1e-3
         save_file(tensors, shard, metadata={"format": "pt"})
+    missing = run_cli("verify", str(tmp_path / "absent"), "--base", str(source), "-q")
+    assert missing.returncode == 2 and missing.stderr.startswith("headpatch: error: cannot read")
     bad = runner.invoke(app, ["verify", str(tampered_dir), "--base", str(source), "-q"])
     assert bad.exit_code == 1
     assert "UNEXPECTED model.layers.1.mlp.down_proj.weight: changed, but the patch does not touch it" in bad.output

@@ -119,6 +119,11 @@ def test_export_carries_every_other_file_and_writes_metadata(tmp_path):
     (source / "extra" / "notes.txt").write_text("kept")
     (source / "README.md").write_text("the base card")
     (source / "pytorch_model.bin").write_bytes(b"stale unpatched weights")
+    (source / "consolidated.safetensors").write_bytes((source / "model.safetensors").read_bytes())
+    (source / "onnx").mkdir()
+    (source / "onnx" / "model.onnx").write_bytes(b"onnx")
+    (source / "original").mkdir()
+    (source / "original" / "params.json").write_text("{}")
     (source / ".cache").mkdir()
     (source / ".cache" / "lock").write_text("")
     record = make_record(model, {(0, 0): 0.5})
@@ -231,3 +236,22 @@ def test_shard_headers_are_validated_against_the_file_size(tmp_path):
         handle.write(b"\0" * 8)
     with pytest.raises(HeadpatchError, match="tensors end at byte"):
         read_shard(source / "model.safetensors")
+
+
+def test_overlapping_tensors_in_a_header_are_refused(tmp_path):
+    import struct
+
+    header = {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
+    raw = json.dumps(header).encode()
+    (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 12)
+    with pytest.raises(HeadpatchError, match="tensor b starts at byte .*overlapping or gapped"):
+        read_shard(tmp_path / "x.safetensors")
+
+
+def test_a_single_file_wins_over_an_index_as_in_transformers(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, True)
+    single, _ = make_source(tmp_path / "single", "llama", torch.float32, False)
+    (source / "model.safetensors").write_bytes((single / "model.safetensors").read_bytes())
+    out = stream_export(source, make_record(model, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
+    assert sorted(p.name for p in out.glob("*.safetensors*")) == ["model.safetensors"]

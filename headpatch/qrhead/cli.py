@@ -51,6 +51,7 @@ def detect(
     """Score every head on labelled examples and keep the top K query-focused retrieval heads."""
     from headpatch.architectures import head_layout
     from headpatch.loading import load_model
+    from headpatch.pipeline import check_k
     from headpatch.qrhead.detect import default_k, detect_heads
     from headpatch.qrhead.metadata import qrhead_metadata
     from headpatch.qrhead.prompt import uses_chat_template
@@ -61,9 +62,10 @@ def detect(
     chosen, name = detection_examples(data, examples, docs_per_example, seed)
     loaded = load_model(model, dtype, device, revision)
     layout = head_layout(loaded.model.config)
+    k = default_k(loaded.model) if k is None else k
+    check_k(loaded, k)  # before the detection run, not after it
     result = detect_heads(loaded.model, loaded.tokenizer, chosen, show_progress=show)
-    section = qrhead_metadata(result, k or default_k(loaded.model), name, uses_chat_template(loaded.tokenizer),
-                              all_scores=True)
+    section = qrhead_metadata(result, k, name, uses_chat_template(loaded.tokenizer), all_scores=True)
     write_record({**new_record(model, loaded.source.base_model, layout), "qrhead": section}, output)
     if yaml_out is not None:
         write_yaml(yaml_out, result.ranked()[: len(section["heads"])], loaded.source.base_model)
