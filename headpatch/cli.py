@@ -10,6 +10,7 @@ import typer
 
 from headpatch.console import progress_enabled
 from headpatch.errors import HeadpatchError
+from headpatch.evaluation.cli import eval_command
 from headpatch.qrhead.cli import app as qrhead_app
 from headpatch.qrhead.cli import rerank
 
@@ -158,6 +159,9 @@ def export(
     push_to_hub: Optional[str] = PushRepoOpt, private: bool = PrivateOpt,
     push_revision: Optional[str] = typer.Option(None, help="branch of the Hub repo to push to (created if needed)."),
     commit_message: Optional[str] = CommitMessageOpt,
+    eval_setting: Optional[str] = typer.Option(
+        None, "--eval", help="quick or full: evaluate the export against its source (report in OUT/eval/) and add "
+                             "the summary table to the model card, before any push."),
 ) -> None:
     """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
     values = dict(ctx.params)
@@ -186,7 +190,7 @@ def _export(
     mean_vector: str, propagation: str, steps: int, batch_size: int, n: int, lr: float, warmup: int, seed: int,
     dtype: str, device: str, revision: Optional[str], ia3: Optional[Path], quiet: bool, qrhead_data: Optional[str],
     qrhead_k: Optional[int], push_to_hub: Optional[str], private: bool, push_revision: Optional[str],
-    commit_message: Optional[str],
+    commit_message: Optional[str], eval_setting: Optional[str],
 ) -> None:
     from headpatch.architectures import head_layout
     from headpatch.export import check_output_dir
@@ -198,6 +202,8 @@ def _export(
 
     show = progress_enabled(quiet)
     check_output_dir(output, overwrite)
+    if eval_setting not in (None, "quick", "full"):
+        raise HeadpatchError(f"--eval takes quick or full, not {eval_setting!r}")
     push = PushOptions(push_to_hub, private, push_revision, commit_message) if push_to_hub else None
     record = read_record(patch) if patch is not None else None
     qrhead_examples = None  # read before any model work, so bad data fails fast
@@ -224,8 +230,25 @@ def _export(
         _save_ia3(head_layout(loaded.model.config), loaded.source.base_model, record, ia3)
         out = export_step(loaded, record, output, overwrite, show_progress=show)
     typer.echo(f"exported {len(record['pear']['coefficients'])} patched heads -> {out}")
+    if eval_setting is not None:
+        _evaluate_export(out, model, revision, eval_setting == "quick", seed, dtype, device, show)
     if push is not None:
         _push(out, push)
+
+
+def _evaluate_export(out: Path, model: str, revision: Optional[str], quick: bool, seed: int, dtype: str, device: str,
+                     show: bool) -> None:
+    """Evaluate the export against its source; the report goes into OUT/eval/ and its table into the model card."""
+    from headpatch.evaluation import run_eval, summary_markdown, write_report
+    from headpatch.export import add_to_card
+
+    if revision is not None:
+        typer.echo("--eval compares with the source at its default revision", err=True)
+    results = run_eval(str(out), model, quick=quick, seed=seed, dtype=dtype, device=device, show_progress=show)
+    report = write_report(results, out / "eval")
+    add_to_card(out, "## Evaluation\n\n" + summary_markdown(results) + "\nFull report, figures and every number: "
+                "[eval/report.md](eval/report.md).\n")
+    typer.echo(f"evaluation report -> {report}")
 
 
 def _fold_patch(model: str, revision: Optional[str], record: dict[str, Any], output: Path, overwrite: bool,
@@ -302,6 +325,7 @@ def verify(
 
 app.add_typer(qrhead_app, name="qrhead")
 app.command()(rerank)
+app.command(name="eval")(eval_command)
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ from headpatch.stream import plan_fold, write_folded_shards
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
 
 
-def check_output_dir(out: Path, overwrite: bool, source_dir: Path | None = None, marker: str = "headpatch.json") -> None:
+def check_output_dir(
+    out: Path, overwrite: bool, source_dir: Path | None = None, marker: str = "headpatch.json"
+) -> None:
     """Refuse an output that overlaps the source, or exists and is not empty, unless `overwrite` is given and it holds
     `marker` (the file every earlier run of the same kind wrote), so --overwrite never deletes an unrelated folder."""
     out = out.resolve()
@@ -119,6 +121,16 @@ def carried_files(source: Path) -> Iterator[tuple[Path, str]]:
                for pattern in OTHER_WEIGHT_PATTERNS):
             continue
         yield path, relative
+
+
+def add_to_card(out: Path, section: str) -> None:
+    """Append a markdown section to an export's model card, replacing the file atomically."""
+    card = out / "README.md"
+    staging = card.with_name(".README.md.partial")
+    staging.write_text(card.read_text().rstrip("\n") + "\n\n" + section)
+    with open(staging, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(staging, card)
 
 
 def stream_export(

@@ -84,7 +84,8 @@ def test_recipe_errors_and_a_missing_model_are_one_line(tmp_path):
     bad.write_text(TINY_RECIPE.format(model="x").replace("  k: 3", "  kk: 3"))
     result = run_cli("export", "--recipe", str(bad), "-o", str(tmp_path / "out"))
     assert result.returncode == 2
-    assert result.stderr.startswith("headpatch: error: ") and "kk" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("headpatch: error: ") and "kk" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
     with pytest.raises(HeadpatchError, match="give the MODEL"):
         CliRunner().invoke(app, ["export", "-o", str(tmp_path / "out")], catch_exceptions=False)
     with pytest.raises(HeadpatchError, match="--dry-run needs --recipe"):

@@ -87,7 +87,7 @@ def fake_hub(monkeypatch):
 def exported(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, True)
     runner = CliRunner()
-    patch = write_record(make_record(model, COEFFICIENTS), tmp_path / "patch.json")
+    patch = write_record(make_record(model.config, COEFFICIENTS), tmp_path / "patch.json")
     result = runner.invoke(app, ["export", str(source), "--patch", str(patch), "-o", str(tmp_path / "out"), "-q"])
     assert result.exit_code == 0, result.output
     return source, tmp_path / "out"
@@ -135,7 +135,7 @@ def test_a_private_push_to_an_existing_public_repo_is_refused(fake_hub, exported
 def test_export_push_to_hub_from_the_cli(fake_hub, tmp_path):
     hub = fake_hub()
     source, model = make_source(tmp_path, "gpt2", torch.float32, False)
-    patch = write_record(make_record(model, {(1, 1): 0.5}), tmp_path / "patch.json")
+    patch = write_record(make_record(model.config, {(1, 1): 0.5}), tmp_path / "patch.json")
     result = CliRunner().invoke(app, ["export", str(source), "--patch", str(patch), "-o", str(tmp_path / "out"), "-q",
                                       "--push-to-hub", "me/pear", "--commit-message", "from cli"])
     assert result.exit_code == 0, result.output
@@ -150,7 +150,7 @@ def test_patch_export_never_loads_the_model(monkeypatch, tmp_path):
     from transformers import AutoModelForCausalLM
 
     source, model = make_source(tmp_path, "llama", torch.float32, False)
-    patch = write_record(make_record(model, COEFFICIENTS), tmp_path / "patch.json")
+    patch = write_record(make_record(model.config, COEFFICIENTS), tmp_path / "patch.json")
 
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -174,7 +174,7 @@ def test_hub_id_sources_and_inspect_work_offline_from_the_cache(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, True)
     _fake_cache(tmp_path / "hub", "tiny-org/tiny-llama", source)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    patch = write_record(make_record(model, COEFFICIENTS), tmp_path / "patch.json")
+    patch = write_record(make_record(model.config, COEFFICIENTS), tmp_path / "patch.json")
     result = run_cli("export", "tiny-org/tiny-llama", "--patch", str(patch), "-o", str(tmp_path / "out"), "-q", env=env)
     assert result.returncode == 0, result.stderr
     shards = sorted(p.name for p in source.glob("*.safetensors"))

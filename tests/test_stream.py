@@ -29,9 +29,9 @@ def make_source(tmp_path: Path, model_type: str, dtype: torch.dtype, sharded: bo
     return source, model
 
 
-def make_record(model, coefficients: dict[tuple[int, int], float]) -> dict:
-    """A trained-patch record for `model` with the given coefficients."""
-    record = new_record("tiny", "tiny/base", head_layout(model.config))
+def make_record(config, coefficients: dict[tuple[int, int], float]) -> dict:
+    """A trained-patch record for a model with this config, with the given coefficients."""
+    record = new_record("tiny", "tiny/base", head_layout(config))
     heads = [f"{layer}-{head}" for layer, head in coefficients]
     values = {f"{layer}-{head}": value for (layer, head), value in coefficients.items()}
     return {**record, "pear": {"heads": heads, "location": {"k": len(heads)}, "coefficients": values}}
@@ -56,7 +56,7 @@ COEFFICIENTS = {(0, 1): 0.7, (2, 0): 1.3, (2, 3): 0.0}
 def test_streaming_export_is_byte_identical_to_the_in_memory_export(tmp_path, model_type, dtype, sharded):
     source, model = make_source(tmp_path, model_type, dtype, sharded)
     assert (source / "model.safetensors.index.json").is_file() == sharded
-    record = make_record(model, COEFFICIENTS)
+    record = make_record(model.config, COEFFICIENTS)
     out = stream_export(source, record, tmp_path / "streamed", show_progress=False)
     fold_model(model, head_layout(model.config), {k: v for k, v in COEFFICIENTS.items()})
     model.save_pretrained(tmp_path / "in-memory", max_shard_size=SHARD if sharded else "50GB")
@@ -69,7 +69,7 @@ def test_streaming_export_is_byte_identical_to_the_in_memory_export(tmp_path, mo
 
 def test_untouched_tensors_keep_their_bytes_and_patched_ones_scale_in_float32(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.bfloat16, True)
-    out = stream_export(source, make_record(model, {(1, 2): 0.9}), tmp_path / "out", show_progress=False)
+    out = stream_export(source, make_record(model.config, {(1, 2): 0.9}), tmp_path / "out", show_progress=False)
     name, cols = "model.layers.1.self_attn.o_proj.weight", slice(48, 72)
     before, after = {}, {}
     for shard in sorted(source.glob("*.safetensors")):
@@ -100,7 +100,7 @@ def test_sharded_tied_export_loads_in_plain_transformers_and_equals_runtime_scal
     from headpatch.scaling import scaled_heads
 
     source, model = make_source(tmp_path, model_type, torch.float32, True, tie_word_embeddings=True)
-    out = stream_export(source, make_record(model, COEFFICIENTS), tmp_path / "out", show_progress=False)
+    out = stream_export(source, make_record(model.config, COEFFICIENTS), tmp_path / "out", show_progress=False)
     assert not any(name.startswith("lm_head") for name in json.loads(
         (out / "model.safetensors.index.json").read_text())["weight_map"])
     result = run_fresh(FRESH_LOAD, str(out))
@@ -126,7 +126,7 @@ def test_export_carries_every_other_file_and_writes_metadata(tmp_path):
     (source / "original" / "params.json").write_text("{}")
     (source / ".cache").mkdir()
     (source / ".cache" / "lock").write_text("")
-    record = make_record(model, {(0, 0): 0.5})
+    record = make_record(model.config, {(0, 0): 0.5})
     out = stream_export(source, record, tmp_path / "out", show_progress=False)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == ["README.md", "config.json", "extra/notes.txt", "generation_config.json", "headpatch.json",
@@ -155,7 +155,7 @@ def test_gpt2_checkpoint_without_the_transformer_prefix(tmp_path):
     tensors = load_file(source / "model.safetensors")
     save_file({k.removeprefix("transformer."): v for k, v in tensors.items()}, source / "model.safetensors",
               metadata={"format": "pt"})
-    out = stream_export(source, make_record(model, {(1, 1): 0.25}), tmp_path / "out", show_progress=False)
+    out = stream_export(source, make_record(model.config, {(1, 1): 0.25}), tmp_path / "out", show_progress=False)
     patched = load_file(out / "model.safetensors")
     rows = slice(16, 32)
     expected = tensors["transformer.h.1.attn.c_proj.weight"][rows] * 0.25
@@ -190,22 +190,22 @@ def test_damaged_checkpoints_give_a_clear_error_and_leave_nothing(tmp_path, dama
         (source / "model.safetensors.index.json").write_text("{not json")
     before = _untouched(tmp_path, source)
     with pytest.raises(HeadpatchError, match=message):
-        stream_export(source, make_record(model, COEFFICIENTS), tmp_path / "out", show_progress=False)
+        stream_export(source, make_record(model.config, COEFFICIENTS), tmp_path / "out", show_progress=False)
     assert _untouched(tmp_path, source) == before
 
 
 def test_bad_patches_and_outputs_are_refused_before_writing(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, False)
     before = _untouched(tmp_path, source)
-    other = make_record(tiny_model("llama", num_attention_heads=8, head_dim=8), {(0, 7): 0.5})
+    other = make_record(tiny_model("llama", num_attention_heads=8, head_dim=8).config, {(0, 7): 0.5})
     with pytest.raises(HeadpatchError, match="another model"):
         stream_export(source, other, tmp_path / "out", show_progress=False)
-    out_of_range = make_record(model, {(0, 0): 0.5})
+    out_of_range = make_record(model.config, {(0, 0): 0.5})
     out_of_range["pear"]["coefficients"] = {"5-0": 0.5}
     with pytest.raises(HeadpatchError, match="5-0"):
         stream_export(source, out_of_range, tmp_path / "out", show_progress=False)
     with pytest.raises(HeadpatchError, match="overlaps the source"):
-        stream_export(source, make_record(model, {(0, 0): 0.5}), source / "inside", show_progress=False)
+        stream_export(source, make_record(model.config, {(0, 0): 0.5}), source / "inside", show_progress=False)
     assert _untouched(tmp_path, source) == before
 
 
@@ -216,7 +216,7 @@ def test_a_shape_that_does_not_fit_the_recorded_heads_is_refused(tmp_path):
     tensors[name] = tensors[name][:, :48].contiguous()
     save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(HeadpatchError, match=r"o_proj.weight has shape \[64, 48\], the recorded heads need \[64, 96\]"):
-        stream_export(source, make_record(model, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
+        stream_export(source, make_record(model.config, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
     assert not (tmp_path / "out").exists()
 
 
@@ -225,7 +225,7 @@ def test_bin_only_checkpoints_point_to_a_conversion(tmp_path):
     torch.save(load_file(source / "model.safetensors"), source / "pytorch_model.bin")
     (source / "model.safetensors").unlink()
     with pytest.raises(HeadpatchError, match="no safetensors weights.*save_pretrained"):
-        stream_export(source, make_record(model, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
+        stream_export(source, make_record(model.config, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
 
 
 def test_shard_headers_are_validated_against_the_file_size(tmp_path):
@@ -253,5 +253,5 @@ def test_a_single_file_wins_over_an_index_as_in_transformers(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, True)
     single, _ = make_source(tmp_path / "single", "llama", torch.float32, False)
     (source / "model.safetensors").write_bytes((single / "model.safetensors").read_bytes())
-    out = stream_export(source, make_record(model, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
+    out = stream_export(source, make_record(model.config, {(0, 0): 0.5}), tmp_path / "out", show_progress=False)
     assert sorted(p.name for p in out.glob("*.safetensors*")) == ["model.safetensors"]
