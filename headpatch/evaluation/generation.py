@@ -1,0 +1,69 @@
+"""Question prompts in the model's chat template and greedy short answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from headpatch.placement import input_device
+from headpatch.qrhead.prompt import uses_chat_template
+
+
+def question_prompt(instruction: str, context: str, question: str) -> str:
+    """The question before and after the context: small models answer far more often when it comes last as well."""
+    return f"{instruction}\n\nQuestion: {question}\n\n{context}\n\nQuestion: {question}\nAnswer briefly."
+
+
+def prompt_ids(tokenizer: Any, content: str) -> list[int]:
+    """Token ids of `content` as a user turn with the generation prompt, or as plain text ending in 'Answer:'."""
+    if uses_chat_template(tokenizer):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template already holds BOS
+    return list(tokenizer(f"{content}\nAnswer:", add_special_tokens=True)["input_ids"])
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def _until_stop(tokens: list[int], stop: list[int]) -> list[int]:
+    ends = [i for i, token in enumerate(tokens) if token in stop]
+    return tokens[: ends[0]] if ends else tokens
+
+
+@torch.no_grad()
+def greedy_answers(
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int
+) -> Iterator[tuple[int, str]]:
+    """(index, answer) for each token-id prompt as its batch finishes: greedy, at most `max_new_tokens` tokens.
+
+    Prompts of similar length share a left-padded batch: a decoding step reads every weight once whatever the batch
+    size, so batching divides the decoding time. Batches depend only on the prompts, so results stay deterministic.
+    """
+    stop = _stop_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
+    device = input_device(model)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for begin in range(0, len(order), batch_size):
+        chosen = order[begin:begin + batch_size]
+        width = max(len(prompts[i]) for i in chosen)
+        ids = torch.full((len(chosen), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(chosen):
+            ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            mask[row, width - len(prompts[i]):] = 1
+        output = model.generate(
+            ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=max_new_tokens,
+            eos_token_id=stop or None, pad_token_id=pad,
+        )
+        for row, i in enumerate(chosen):
+            answer = _until_stop(output[row, width:].tolist(), stop)
+            yield i, tokenizer.decode(answer, skip_special_tokens=True).strip()

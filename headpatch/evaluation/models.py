@@ -1,0 +1,102 @@
+"""Which models a run compares, and who each one is: name, location, metadata and a content hash of its weights."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from headpatch.errors import HeadpatchError
+from headpatch.loading import LoadedModel, load_model
+from headpatch.qrhead.prompt import uses_chat_template
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+NO_REFERENCE = "none"  # --against none: evaluate the model alone even if its metadata names a source
+
+
+def _checkpoint_dir(loaded: LoadedModel) -> Path | None:
+    location = Path(loaded.source.location)
+    if location.is_dir():
+        return location
+    from huggingface_hub import snapshot_download
+
+    try:  # a Hub model that loaded is in the local cache; never download here
+        return Path(snapshot_download(loaded.source.location, revision=loaded.source.revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any cache miss means "files unknown", recorded as such
+        return None
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_hash(loaded: LoadedModel) -> dict[str, Any]:
+    """sha256 of every weight file of the checkpoint, and one sha256 over the list (name and hash of each)."""
+    folder = _checkpoint_dir(loaded)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder else []
+    if not files:
+        return {"sha256": None, "files": {}, "note": "weight files not found on disk"}
+    hashes = {path.name: _file_sha256(path) for path in files}
+    combined = hashlib.sha256("".join(f"{name}:{h}\n" for name, h in hashes.items()).encode()).hexdigest()
+    return {"sha256": combined, "files": hashes}
+
+
+def identity(loaded: LoadedModel) -> dict[str, Any]:
+    """What results.json records about a model."""
+    config = loaded.model.config
+    metadata = getattr(config, "headpatch", None)
+    return {
+        "name": loaded.source.name,
+        "location": loaded.source.location,
+        "base_model": loaded.source.base_model,
+        "revision": loaded.source.revision,
+        "model_type": config.model_type,
+        "parameters": sum(p.numel() for p in loaded.model.parameters()),
+        "dtype": str(loaded.model.dtype).removeprefix("torch."),
+        "chat_template": loaded.tokenizer is not None and uses_chat_template(loaded.tokenizer),
+        "weights": weights_hash(loaded),
+        "headpatch": metadata if isinstance(metadata, dict) else None,
+    }
+
+
+def metadata_references(loaded: LoadedModel) -> list[str]:
+    """The models an export's metadata names as where it came from: `source` first (what the user typed at export,
+    e.g. an alias that loads offline), then `base_model`."""
+    metadata = getattr(loaded.model.config, "headpatch", None)
+    if not isinstance(metadata, dict):
+        return []
+    names = [metadata.get("source"), metadata.get("base_model")]
+    return list(dict.fromkeys(n for n in names if isinstance(n, str) and n))
+
+
+def load_reference(
+    loaded: LoadedModel, against: str | None, dtype: str, device: str
+) -> tuple[LoadedModel | None, dict[str, Any]]:
+    """The model to compare with, and how it was chosen.
+
+    An explicit `against` must load. Without one, the first of the model's metadata references that loads is used; if
+    none does (or there is none), the model is evaluated alone and the notes say why.
+    """
+    if against == NO_REFERENCE:
+        return None, {"name": None, "chosen_by": "--against none", "notes": []}
+    if against is not None:
+        return load_model(against, dtype, device), {"name": against, "chosen_by": "--against", "notes": []}
+    notes = []
+    own = Path(loaded.source.location).resolve()
+    for name in metadata_references(loaded):
+        try:
+            reference = load_model(name, dtype, device)
+        except HeadpatchError as exc:
+            notes.append(f"could not load {name} named in config.json headpatch metadata: {exc}")
+            continue
+        if Path(reference.source.location).resolve() == own:
+            notes.append(f"{name} is the model itself")
+            continue
+        return reference, {"name": name, "chosen_by": "config.json headpatch metadata", "notes": notes}
+    if not notes:
+        notes.append("config.json names no source model (headpatch.source / base_model)")
+    return None, {"name": None, "chosen_by": None, "notes": notes}

@@ -1,0 +1,89 @@
+"""Run the evaluation tasks on a model and the model it is compared with, on the same inputs."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from headpatch import __version__
+from headpatch.evaluation.models import identity, load_reference
+from headpatch.evaluation.settings import TASK_NAMES, check_tasks, setting_for
+from headpatch.evaluation.tasks import TASKS, TaskRun, TaskSkipped
+from headpatch.loading import LoadedModel, load_model
+
+FORMAT_VERSION = 1
+# "base" is the model compared against, "patched" the model under evaluation; a lone model is just "model"
+COMPARED_ROLES = ("base", "patched")
+ALONE_ROLE = "model"
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers."""
+    import torch
+    import transformers
+
+    return {"headpatch": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def _run_task(name: str, setting: Any, models: Mapping[str, LoadedModel], seed: int,
+              show_progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
+    """One task on every model: its result (or why it was skipped) and the seconds each model took."""
+    results, seconds = {}, {}
+    for role, loaded in models.items():
+        began = time.perf_counter()
+        try:
+            results[role] = TASKS[name].evaluate(loaded, setting, TaskRun(role, models, seed, show_progress))
+        except TaskSkipped as skipped:
+            return {"setting": asdict(setting), "skipped": str(skipped)}, seconds
+        seconds[role] = round(time.perf_counter() - began, 2)
+    return {"setting": asdict(setting), "models": results}, seconds
+
+
+def _change(row: dict[str, Any]) -> float | None:
+    values = row["values"]
+    if not all(role in values for role in COMPARED_ROLES):
+        return None
+    base, patched = values["base"], values["patched"]
+    if row["relative"]:
+        return patched / base - 1 if base else None
+    return patched - base
+
+
+def run_eval(
+    model: str, against: str | None = None, tasks: str | Sequence[str] = TASK_NAMES, quick: bool = False,
+    seed: int = 0, dtype: str = "float32", device: str = "cpu", show_progress: bool = True,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate `model` (and the model it is compared with) on `tasks`; plain data, ready for `write_report`.
+
+    `against` None compares with the source named in the model's headpatch metadata when that loads, else evaluates
+    the model alone; "none" never compares. `settings` replaces the quick/full setting of the tasks it names.
+    """
+    names = check_tasks(tasks)
+    chosen = {name: (settings or {}).get(name) or setting_for(name, quick) for name in names}
+    began = time.perf_counter()
+    loaded = load_model(model, dtype, device)
+    reference, comparison = load_reference(loaded, against, dtype, device)
+    models = dict(zip(COMPARED_ROLES, (reference, loaded))) if reference is not None else {ALONE_ROLE: loaded}
+    task_results, seconds, summary = {}, {}, []
+    for name in names:
+        task_results[name], seconds[name] = _run_task(name, chosen[name], models, seed, show_progress)
+        if "models" in task_results[name]:
+            summary += [metric.as_dict() for metric in TASKS[name].headline(task_results[name]["models"])]
+    for row in summary:
+        row["change"] = _change(row)
+    return {
+        "format_version": FORMAT_VERSION,
+        "versions": versions(),
+        "run": {"quick": quick, "seed": seed, "dtype": dtype, "device": device, "tasks": names,
+                "settings_replaced": sorted(set(settings or {}) & set(names))},
+        "comparison": comparison,
+        "models": {role: identity(m) for role, m in models.items()},
+        "summary": summary,
+        "tasks": task_results,
+        "seconds": {"tasks": seconds, "total": round(time.perf_counter() - began, 2)},
+    }

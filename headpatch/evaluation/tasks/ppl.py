@@ -1,0 +1,29 @@
+"""ppl: perplexity on essays that no other task shows the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from headpatch.evaluation.settings import PplSetting
+from headpatch.evaluation.tasks.base import Metric, TaskRun, per_model, require_tokenizer
+from headpatch.evaluation.text import heldout_essays
+from headpatch.loading import LoadedModel
+from headpatch.metrics import perplexity
+
+
+def evaluate(loaded: LoadedModel, setting: PplSetting, run: TaskRun) -> dict[str, Any]:
+    """Token-level perplexity over the first `windows` windows of the held-out essays (the seed plays no part)."""
+    tokenizer = require_tokenizer(loaded, "ppl")
+    essays = heldout_essays()
+    with tqdm(total=1, desc=run.progress_label("ppl"), disable=not run.show_progress) as bar:
+        value = perplexity(loaded.model, tokenizer, list(essays.values()), setting.window, setting.windows)
+        bar.update()
+    return {"perplexity": value, "essays": list(essays)}
+
+
+def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+    """Perplexity, compared as a relative change."""
+    return [per_model("ppl", "perplexity (lower is better)", results, "perplexity", higher_is_better=False,
+                      relative=True)]

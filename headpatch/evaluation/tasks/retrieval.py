@@ -1,0 +1,49 @@
+"""retrieval: Recall@1 and MRR of a checkpoint's QR heads on held-out built-in examples."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from headpatch.evaluation.settings import RetrievalSetting
+from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped, per_model, require_tokenizer
+from headpatch.loading import LoadedModel
+from headpatch.qrhead.builtin import builtin_examples
+from headpatch.qrhead.evaluate import summarize
+from headpatch.qrhead.retriever import QRRetriever
+
+
+def qr_heads(loaded: LoadedModel) -> list[str]:
+    """The QR heads a checkpoint ships in config.json (`headpatch.qrhead.heads`), or none."""
+    section = getattr(loaded.model.config, "headpatch", None)
+    heads = section.get("qrhead", {}).get("heads") if isinstance(section, dict) else None
+    return list(heads or [])
+
+
+def heads_for(run: TaskRun) -> tuple[list[str], str]:
+    """The heads to score with and the role whose config holds them: the model's own, else another model's of the
+    run, so that a base without QR heads is measured with the heads its patched checkpoint ships."""
+    for role in (run.role, *[r for r in run.models if r != run.role]):
+        heads = qr_heads(run.models[role])
+        if heads:
+            return heads, role
+    raise TaskSkipped("no model of the run has QR heads in config.json (headpatch.qrhead.heads); "
+                      "export with --qrhead-data to add them")
+
+
+def evaluate(loaded: LoadedModel, setting: RetrievalSetting, run: TaskRun) -> dict[str, Any]:
+    """Recall@1 and MRR on `examples` built-in examples of the eval split (essays and projects detection never saw)."""
+    heads, origin = heads_for(run)
+    tokenizer = require_tokenizer(loaded, "retrieval")
+    examples = builtin_examples(setting.examples, setting.docs, "eval", run.seed)
+    retriever = QRRetriever(loaded.model, tokenizer, heads, truncate=True)
+    scores = retriever.score_many([e.question for e in examples], [e.documents for e in examples],
+                                  setting.batch_size, run.show_progress)
+    metrics = summarize(scores, [e.gold_positions() for e in examples])
+    return {"recall@1": metrics["recall@1"], "mrr": metrics["mrr"], "heads": heads, "heads_from": origin,
+            "chance_recall@1": 1 / setting.docs}
+
+
+def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+    """Recall@1 and MRR."""
+    return [per_model("retrieval", "QR heads Recall@1", results, "recall@1"),
+            per_model("retrieval", "QR heads MRR", results, "mrr")]

@@ -1,0 +1,102 @@
+"""NIAH and MDQA inputs: the fact sits at the requested depth or position, prompts use the chat template."""
+
+from __future__ import annotations
+
+import copy as stdlib_copy
+
+import pytest
+
+from headpatch.evaluation.facts import MDQA_FACTS, NEEDLES
+from headpatch.evaluation.generation import greedy_answers, prompt_ids
+from headpatch.evaluation.settings import MdqaSetting, NiahSetting, setting_for
+from headpatch.evaluation.tasks import mdqa, niah
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    return smollm2.tokenizer
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.75, 1.0])
+def test_needle_sits_at_the_requested_depth(tokenizer, depth):
+    haystack = niah.haystack_ids(tokenizer, seed=0)
+    needle = NEEDLES[0].statement
+    context, placed_at = niah.place_needle(tokenizer, haystack, needle, 1024, depth)
+    assert context.count(needle) == 1
+    assert abs(len(tokenizer(context, add_special_tokens=False)["input_ids"]) - 1024) <= 8
+    # moved back to a sentence end, never more than one (long) sentence away from the requested depth
+    assert depth - 0.1 <= placed_at <= depth
+    before = context[: context.index(needle)]
+    haystack_tokens = 1024 - len(tokenizer(" " + needle, add_special_tokens=False)["input_ids"])
+    assert len(tokenizer(before, add_special_tokens=False)["input_ids"]) == pytest.approx(
+        placed_at * haystack_tokens, abs=3)
+    if depth == 0.0:
+        assert context.startswith(needle)
+    elif depth == 1.0:
+        assert context.endswith(needle)
+    else:
+        assert before.rstrip().endswith((".", "!", "?"))
+
+
+def test_needle_grid_and_prompt(tokenizer):
+    setting = NiahSetting(lengths=(128, 256), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=8, batch_size=4)
+    cases = niah.cases(tokenizer, setting, [128, 256], seed=0)
+    assert [(c.length, c.depth, c.needle) for c in cases] == [
+        (n, d, f) for n in (128, 256) for d in (0.0, 0.5, 1.0) for f in NEEDLES[:4]]
+    assert niah.cases(tokenizer, setting, [128, 256], seed=0) == cases
+    assert niah.cases(tokenizer, setting, [128, 256], seed=1) != cases
+    text = niah.content(cases[0])
+    assert text.count(cases[0].needle.question) == 2 and cases[0].context in text
+    assert text.index(cases[0].context) < text.rindex(cases[0].needle.question)
+
+
+def test_prompts_use_the_chat_template_when_there_is_one(tokenizer):
+    ids = prompt_ids(tokenizer, "What is 2 + 2?")
+    text = tokenizer.decode(ids)
+    assert text.count("<|im_start|>user\nWhat is 2 + 2?<|im_end|>") == 1
+    assert text.endswith("<|im_start|>assistant\n")
+    plain = stdlib_copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    assert tokenizer.decode(prompt_ids(plain, "What is 2 + 2?")) == "What is 2 + 2?\nAnswer:"
+
+
+def test_gold_passage_moves_through_every_position():
+    setting = MdqaSetting(passages=5, passage_words=40, facts=4, max_new_tokens=8, batch_size=4)
+    cases = mdqa.cases(setting, seed=0)
+    assert len(cases) == 4 * 5
+    for fact in MDQA_FACTS[:4]:
+        mine = [case for case in cases if case.fact == fact]
+        assert [case.position for case in mine] == list(range(5))
+        distractors = None
+        for case in mine:
+            assert len(case.documents) == 5
+            holding = [i for i, doc in enumerate(case.documents) if fact.statement in doc]
+            assert holding == [case.position]
+            others = [doc for i, doc in enumerate(case.documents) if i != case.position]
+            assert distractors in (None, others)  # only the gold passage moves
+            distractors = others
+            text = mdqa.content(case)
+            gold_at = text.index(f"Document [{case.position + 1}] ")
+            assert gold_at < text.index(fact.statement)
+            if case.position < 4:
+                assert text.index(fact.statement) < text.index(f"Document [{case.position + 2}] ")
+            assert text.count(fact.question) == 2
+    assert mdqa.cases(setting, seed=0) == cases and mdqa.cases(setting, seed=1) != cases
+
+
+def test_full_mdqa_setting_plants_counterfactuals():
+    cases = mdqa.cases(setting_for("mdqa", quick=False), seed=0)
+    planted = {case.fact.statement for case in cases if case.fact.kind == "counterfactual"}
+    assert "The Eiffel Tower stands in the city of Rome." in planted and len(planted) >= 4
+    assert any(case.fact.kind == "invented" for case in cases)
+
+
+def test_batched_answers_equal_one_by_one_answers(tokenizer):
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    prompts = [[1, 907, 4410], [1, 3000, 25, 8000, 12, 77, 40000], [1, 19000, 260, 31]]  # different lengths
+    single = dict(greedy_answers(model, tokenizer, prompts, 6, batch_size=1))
+    batched = dict(greedy_answers(model, tokenizer, prompts, 6, batch_size=3))
+    assert sorted(single) == [0, 1, 2] and batched == single
+    assert len({single[i] for i in single}) == 3  # different prompts, different answers: rows are not mixed up

@@ -1,0 +1,175 @@
+"""run_eval, write_report and the eval command on tiny models: comparison choice, determinism, report files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from headpatch.errors import HeadpatchError
+from headpatch.evaluation import run_eval, summary_markdown, write_report
+from headpatch.evaluation.cli import eval_command
+from headpatch.evaluation.settings import CopySetting, MdqaSetting, NiahSetting, PplSetting, RetrievalSetting
+from tests.tiny import tiny_model
+
+TINY_SETTINGS = {
+    "copy": CopySetting(lengths=(5, 10), samples=4),
+    "niah": NiahSetting(lengths=(128, 4096), depths=(0.0, 0.5, 1.0), needles=2, max_new_tokens=6, batch_size=2),
+    "mdqa": MdqaSetting(passages=3, passage_words=30, facts=2, max_new_tokens=6, batch_size=2),
+    "ppl": PplSetting(window=64, windows=3),
+    "retrieval": RetrievalSetting(examples=3, docs=3, batch_size=2),
+}
+
+
+def _save(directory, tokenizer, seed, headpatch=None):
+    model = tiny_model("llama", seed=seed, vocab_size=len(tokenizer))
+    if headpatch is not None:
+        model.config.headpatch = headpatch
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def checkpoints(smollm2, tmp_path_factory):
+    """A tiny base, a tiny "patched" model whose metadata names the base and ships QR heads, and a plain model."""
+    root = tmp_path_factory.mktemp("eval-models")
+    base = _save(root / "base", smollm2.tokenizer, 0)
+    patched = _save(root / "patched", smollm2.tokenizer, 1,
+                    {"source": str(base), "base_model": "nobody/not-a-model", "qrhead": {"heads": ["2-1", "0-3"]}})
+    plain = _save(root / "plain", smollm2.tokenizer, 2)
+    return {"base": base, "patched": patched, "plain": plain}
+
+
+@pytest.fixture(scope="module")
+def results(checkpoints):
+    return run_eval(str(checkpoints["patched"]), settings=TINY_SETTINGS, show_progress=False)
+
+
+def test_compares_with_the_source_named_in_the_metadata(results, checkpoints):
+    assert list(results["models"]) == ["base", "patched"]
+    assert results["comparison"]["chosen_by"] == "config.json headpatch metadata"
+    assert results["models"]["base"]["location"] == str(checkpoints["base"].resolve())
+    weights = checkpoints["base"] / "model.safetensors"
+    file_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert results["models"]["base"]["weights"]["files"] == {"model.safetensors": file_hash}
+    assert results["models"]["patched"]["weights"]["sha256"] != results["models"]["base"]["weights"]["sha256"]
+    assert results["models"]["patched"]["chat_template"] is True
+    assert set(results["versions"]) >= {"headpatch", "torch", "transformers"}
+    assert results["run"]["settings_replaced"] == ["copy", "mdqa", "niah", "ppl", "retrieval"]
+
+
+def test_every_task_reports_every_model(results):
+    tasks = results["tasks"]
+    assert list(tasks) == ["copy", "niah", "mdqa", "ppl", "retrieval"]
+    for name, task in tasks.items():
+        assert set(task["models"]) == {"base", "patched"}, name
+    niah = tasks["niah"]["models"]["base"]
+    # 4096 tokens do not fit the tiny model's 512 positions: left out, and said so
+    assert niah["lengths"] == [128] and niah["lengths_too_long"] == [4096]
+    assert len(niah["grid"]) == 3 and len(niah["answers"]) == 3 * 2
+    mdqa = tasks["mdqa"]["models"]["patched"]
+    assert len(mdqa["by_position"]) == 3 and set(mdqa["by_kind"]) == {"invented", "counterfactual"}
+    # the patched model's QR heads score both models
+    for role in ("base", "patched"):
+        retrieval = tasks["retrieval"]["models"][role]
+        assert retrieval["heads"] == ["2-1", "0-3"] and retrieval["heads_from"] == "patched"
+        assert 0 <= retrieval["recall@1"] <= 1 and 0 < retrieval["mrr"] <= 1
+    ppl = next(row for row in results["summary"] if row["task"] == "ppl")
+    assert ppl["change"] == pytest.approx(ppl["values"]["patched"] / ppl["values"]["base"] - 1)
+    copy = next(row for row in results["summary"] if row["task"] == "copy")
+    assert copy["change"] == pytest.approx(copy["values"]["patched"] - copy["values"]["base"])
+
+
+def test_same_seed_same_results_other_seed_other_inputs(results, checkpoints):
+    again = run_eval(str(checkpoints["patched"]), tasks="copy,niah,mdqa", settings=TINY_SETTINGS,
+                     show_progress=False)
+    for name in ("copy", "niah", "mdqa"):
+        assert again["tasks"][name] == results["tasks"][name]
+    other = run_eval(str(checkpoints["patched"]), tasks="copy,mdqa", seed=1, settings=TINY_SETTINGS,
+                     show_progress=False)
+    assert other["tasks"]["mdqa"] != results["tasks"]["mdqa"]
+    assert other["run"]["seed"] == 1
+
+
+def test_a_model_without_metadata_runs_alone_and_skips_retrieval(checkpoints):
+    alone = run_eval(str(checkpoints["plain"]), tasks=["copy", "retrieval"], settings=TINY_SETTINGS,
+                     show_progress=False)
+    assert list(alone["models"]) == ["model"] and alone["comparison"]["name"] is None
+    assert "names no source model" in alone["comparison"]["notes"][0]
+    assert "no model of the run has QR heads" in alone["tasks"]["retrieval"]["skipped"]
+    assert [row["task"] for row in alone["summary"]] == ["copy"] * 3
+    assert all(row["change"] is None for row in alone["summary"])
+    table = summary_markdown(alone)
+    assert table.startswith("| task | metric | model |\n") and "retrieval skipped: no model" in table
+
+
+def test_explicit_reference_and_none(checkpoints):
+    explicit = run_eval(str(checkpoints["plain"]), against=str(checkpoints["base"]), tasks="copy",
+                        settings=TINY_SETTINGS, show_progress=False)
+    assert explicit["comparison"]["chosen_by"] == "--against"
+    assert explicit["models"]["base"]["location"] == str(checkpoints["base"].resolve())
+    alone = run_eval(str(checkpoints["patched"]), against="none", tasks="copy", settings=TINY_SETTINGS,
+                     show_progress=False)
+    assert list(alone["models"]) == ["model"]
+    with pytest.raises(HeadpatchError, match="cannot read model"):
+        run_eval(str(checkpoints["plain"]), against="./missing-model", tasks="copy", show_progress=False)
+
+
+def test_unloadable_metadata_source_falls_back_to_evaluating_alone(smollm2, tmp_path):
+    orphan = _save(tmp_path / "orphan", smollm2.tokenizer, 3, {"source": str(tmp_path / "gone")})
+    alone = run_eval(str(orphan), tasks="copy", settings=TINY_SETTINGS, show_progress=False)
+    assert list(alone["models"]) == ["model"]
+    assert "could not load" in alone["comparison"]["notes"][0]
+
+
+def test_report_files_are_written_and_parseable(results, tmp_path):
+    out = write_report(results, tmp_path / "report")
+    names = sorted(path.name for path in out.iterdir())
+    assert names == ["copy_accuracy.png", "mdqa_positions.png", "niah_base.png", "niah_difference.png",
+                     "niah_patched.png", "report.md", "results.json"]
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "| task | metric | base | patched | change |" in report
+    for name in ("niah_difference.png", "mdqa_positions.png"):
+        assert f"]({name})" in report
+    assert summary_markdown(results).split("\n\n")[0] in report
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_a_non_empty_output_is_refused_unless_overwrite(results, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    for overwrite in (False, True):  # not an earlier report: never replaced
+        with pytest.raises(HeadpatchError, match="not empty"):
+            write_report(results, out, overwrite=overwrite)
+    assert (out / "keep.txt").read_text() == "mine"
+    earlier = write_report(results, tmp_path / "earlier")
+    (earlier / "extra.txt").write_text("left from before")
+    with pytest.raises(HeadpatchError, match="pass --overwrite"):
+        write_report(results, earlier)
+    write_report(results, earlier, overwrite=True)
+    assert not (earlier / "extra.txt").exists() and (earlier / "results.json").is_file()
+
+
+def test_eval_command(checkpoints, tmp_path):
+    app = typer.Typer()
+    app.command(name="eval")(eval_command)
+    app.command(name="unused")(lambda: None)  # two commands, so that the command name is an argument
+    out = tmp_path / "report"
+    args = ["eval", str(checkpoints["patched"]), "-o", str(out), "--tasks", "copy,ppl", "--quick", "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "| copy | accuracy n=25 |" in result.output and "report ->" in result.output
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["run"]["quick"] is True and saved["run"]["tasks"] == ["copy", "ppl"]
+    refused = CliRunner().invoke(app, args)
+    assert isinstance(refused.exception, HeadpatchError) and "not empty" in str(refused.exception)
+    unknown = CliRunner().invoke(app, ["eval", str(checkpoints["patched"]), "-o", str(tmp_path / "x"), "--tasks", "no"])
+    assert isinstance(unknown.exception, HeadpatchError)
