@@ -1,6 +1,7 @@
 """Hub sources, push, inspect and verify — offline: a local HF cache, and huggingface_hub over a mock transport."""
 
 import base64
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -162,12 +163,19 @@ def test_patch_export_never_loads_the_model(monkeypatch, tmp_path):
 
 
 def _fake_cache(cache: Path, repo_id: str, source: Path) -> None:
-    """A huggingface_hub cache holding one snapshot of `source` at refs/main."""
+    """A huggingface_hub cache holding one snapshot of `source` at refs/main, laid out as the real one: files in
+    blobs/, the snapshot made of symlinks to them."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     commit = "0123456789abcdef0123456789abcdef01234567"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(source, repo / "snapshots" / commit)
+    (repo / "blobs").mkdir()
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        shutil.copyfile(path, blob)
+        link = repo / "snapshots" / commit / path.relative_to(source)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
 
 
 def test_hub_id_sources_and_inspect_work_offline_from_the_cache(tmp_path):
@@ -179,6 +187,7 @@ def test_hub_id_sources_and_inspect_work_offline_from_the_cache(tmp_path):
     assert result.returncode == 0, result.stderr
     shards = sorted(p.name for p in source.glob("*.safetensors"))
     assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == shards
+    assert not any(p.is_symlink() for p in (tmp_path / "out").rglob("*"))  # real files, not links into the cache
     _fake_cache(tmp_path / "hub", "tiny-org/tiny-llama-pear", tmp_path / "out")
     shown = run_cli("inspect", "tiny-org/tiny-llama-pear", env=env)
     assert shown.returncode == 0, shown.stderr

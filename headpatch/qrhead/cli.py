@@ -44,7 +44,7 @@ def detect(
     seed: int = typer.Option(0, help="seed of the built-in set."),
     yaml_out: Optional[Path] = typer.Option(None, "--yaml", help="also write the heads as a public QRHead YAML file."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", help="torch device, or 'auto'."),
+    device: str = typer.Option("cpu", "--device", "--device-map", help="torch device, or 'auto' (accelerate)."),
     revision: Optional[str] = typer.Option(None, help="Hub revision."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars."),
 ) -> None:
@@ -98,7 +98,7 @@ def rerank(
     top_k: int = typer.Option(5, "--top-k", help="how many passages to print."),
     truncate: bool = typer.Option(False, help="cut passages to fit the model's context instead of failing."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", help="torch device, or 'auto'."),
+    device: str = typer.Option("cpu", "--device", "--device-map", help="torch device, or 'auto' (accelerate)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars."),
 ) -> None:
     """Rank passages for a query with the checkpoint's own QR heads; prints rank, index, score and passage."""
