@@ -7,7 +7,7 @@ import copy as stdlib_copy
 import pytest
 
 from headpatch.evaluation.facts import MDQA_FACTS, NEEDLES
-from headpatch.evaluation.generation import greedy_answers, prompt_ids
+from headpatch.evaluation.generation import greedy_answers, length_batches, prompt_ids
 from headpatch.evaluation.settings import MdqaSetting, NiahSetting, setting_for
 from headpatch.evaluation.tasks import mdqa, niah
 
@@ -39,7 +39,8 @@ def test_needle_sits_at_the_requested_depth(tokenizer, depth):
 
 
 def test_needle_grid_and_prompt(tokenizer):
-    setting = NiahSetting(lengths=(128, 256), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=8, batch_size=4)
+    setting = NiahSetting(lengths=(128, 256), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=8,
+                          batch_tokens=4096)
     cases = niah.cases(tokenizer, setting, [128, 256], seed=0)
     assert [(c.length, c.depth, c.needle) for c in cases] == [
         (n, d, f) for n in (128, 256) for d in (0.0, 0.5, 1.0) for f in NEEDLES[:4]]
@@ -61,7 +62,7 @@ def test_prompts_use_the_chat_template_when_there_is_one(tokenizer):
 
 
 def test_gold_passage_moves_through_every_position():
-    setting = MdqaSetting(passages=5, passage_words=40, facts=4, max_new_tokens=8, batch_size=4)
+    setting = MdqaSetting(passages=5, passage_words=40, facts=4, max_new_tokens=8, batch_tokens=4096)
     cases = mdqa.cases(setting, seed=0)
     assert len(cases) == 4 * 5
     for fact in MDQA_FACTS[:4]:
@@ -96,7 +97,13 @@ def test_batched_answers_equal_one_by_one_answers(tokenizer):
 
     model = tiny_model("llama", vocab_size=len(tokenizer))
     prompts = [[1, 907, 4410], [1, 3000, 25, 8000, 12, 77, 40000], [1, 19000, 260, 31]]  # different lengths
-    single = dict(greedy_answers(model, tokenizer, prompts, 6, batch_size=1))
-    batched = dict(greedy_answers(model, tokenizer, prompts, 6, batch_size=3))
+    single = dict(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=1))
+    batched = dict(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=64))
     assert sorted(single) == [0, 1, 2] and batched == single
     assert len({single[i] for i in single}) == 3  # different prompts, different answers: rows are not mixed up
+
+
+def test_batches_group_similar_lengths_within_the_token_budget():
+    prompts = [[0] * 5, [0], [0] * 3, [0] * 8, [0] * 8]
+    assert list(length_batches(prompts, 16)) == [[1, 2, 0], [3, 4]]
+    assert list(length_batches(prompts, 6)) == [[1, 2], [0], [3], [4]]  # a prompt over the budget goes alone

@@ -17,8 +17,9 @@ from tests.tiny import tiny_model
 
 TINY_SETTINGS = {
     "copy": CopySetting(lengths=(5, 10), samples=4),
-    "niah": NiahSetting(lengths=(128, 4096), depths=(0.0, 0.5, 1.0), needles=2, max_new_tokens=6, batch_size=2),
-    "mdqa": MdqaSetting(passages=3, passage_words=30, facts=2, max_new_tokens=6, batch_size=2),
+    "niah": NiahSetting(lengths=(128, 4096), depths=(0.0, 0.5, 1.0), needles=2, max_new_tokens=6,
+                        batch_tokens=1024),
+    "mdqa": MdqaSetting(passages=3, passage_words=30, facts=2, max_new_tokens=6, batch_tokens=1024),
     "ppl": PplSetting(window=64, windows=3),
     "retrieval": RetrievalSetting(examples=3, docs=3, batch_size=2),
 }

@@ -29,7 +29,7 @@ def patched_dir(smollm2, tmp_path_factory):
 
 @pytest.mark.slow
 def test_quick_eval_of_smollm2_base_against_patched(patched_dir):
-    niah = NiahSetting(lengths=(256,), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32, batch_size=4)
+    niah = NiahSetting(lengths=(256,), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32, batch_tokens=4096)
     results = run_eval(str(patched_dir), tasks="copy,niah,retrieval", quick=True, settings={"niah": niah},
                        show_progress=False)
     assert results["comparison"]["name"] == "smollm2-135m" and list(results["models"]) == ["base", "patched"]

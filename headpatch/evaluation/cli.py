@@ -20,7 +20,8 @@ def eval_command(
     quick: bool = typer.Option(False, help="small settings (minutes on a laptop CPU) instead of the report's."),
     seed: int = typer.Option(0, help="seed of the evaluation inputs."),
     dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", help="torch device, or 'auto' for accelerate's placement across devices."),
+    device: str = typer.Option("cpu", "--device", "--device-map",
+                               help="torch device, or 'auto' for accelerate's placement across devices."),
     overwrite: bool = typer.Option(False, help="replace the output directory of an earlier report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars."),
 ) -> None:

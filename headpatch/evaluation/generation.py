@@ -39,21 +39,33 @@ def _until_stop(tokens: list[int], stop: list[int]) -> list[int]:
     return tokens[: ends[0]] if ends else tokens
 
 
+def length_batches(prompts: Sequence[list[int]], batch_tokens: int) -> Iterator[list[int]]:
+    """Prompt indices, shortest first, in groups whose padded size (count × longest) stays within `batch_tokens`."""
+    group: list[int] = []
+    for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):
+        if group and (len(group) + 1) * len(prompts[i]) > batch_tokens:
+            yield group
+            group = []
+        group.append(i)
+    if group:
+        yield group
+
+
 @torch.no_grad()
 def greedy_answers(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_size: int
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_tokens: int
 ) -> Iterator[tuple[int, str]]:
     """(index, answer) for each token-id prompt as its batch finishes: greedy, at most `max_new_tokens` tokens.
 
-    Prompts of similar length share a left-padded batch: a decoding step reads every weight once whatever the batch
-    size, so batching divides the decoding time. Batches depend only on the prompts, so results stay deterministic.
+    Prompts of similar length share a left-padded batch of at most `batch_tokens` tokens (a longer prompt goes alone):
+    a decoding step reads every weight once whatever the batch size, so batching divides the decoding time, while the
+    budget bounds the padded attention masks of long prompts. Batches depend only on the prompts: results are
+    deterministic.
     """
     stop = _stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
     device = input_device(model)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    for begin in range(0, len(order), batch_size):
-        chosen = order[begin:begin + batch_size]
+    for chosen in length_batches(prompts, batch_tokens):
         width = max(len(prompts[i]) for i in chosen)
         ids = torch.full((len(chosen), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)

@@ -26,7 +26,7 @@ class NiahSetting:
     depths: tuple[float, ...]
     needles: int
     max_new_tokens: int
-    batch_size: int  # prompts of similar length answered together
+    batch_tokens: int  # prompts of similar length are answered together, up to this many tokens per batch
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class MdqaSetting:
     passage_words: int
     facts: int
     max_new_tokens: int
-    batch_size: int
+    batch_tokens: int
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
     },
     "niah": {
         "quick": NiahSetting(lengths=(256, 1024), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32,
-                             batch_size=4),
+                             batch_tokens=4096),
         "full": NiahSetting(lengths=(512, 1024, 2048, 4096), depths=(0.0, 0.25, 0.5, 0.75, 1.0), needles=4,
-                            max_new_tokens=32, batch_size=4),
+                            max_new_tokens=32, batch_tokens=4096),
     },
     "mdqa": {
-        "quick": MdqaSetting(passages=5, passage_words=70, facts=4, max_new_tokens=32, batch_size=5),
-        "full": MdqaSetting(passages=10, passage_words=70, facts=12, max_new_tokens=32, batch_size=8),
+        "quick": MdqaSetting(passages=5, passage_words=70, facts=4, max_new_tokens=32, batch_tokens=4096),
+        "full": MdqaSetting(passages=10, passage_words=70, facts=12, max_new_tokens=32, batch_tokens=8192),
     },
     "ppl": {
         "quick": PplSetting(window=512, windows=8),

@@ -68,10 +68,10 @@ def per_model(task: str, name: str, results: dict[str, dict[str, Any]], key: str
 
 def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], setting: Any, run: TaskRun,
                task: str) -> list[str]:
-    """Greedy answers to token-id prompts in input order, with the setting's answer length and batch size."""
+    """Greedy answers to token-id prompts in input order, with the setting's answer length and batch budget."""
     answers = [""] * len(prompts)
     with tqdm(total=len(prompts), desc=run.progress_label(task), unit="prompt", disable=not run.show_progress) as bar:
-        for i, answer in greedy_answers(loaded.model, tokenizer, prompts, setting.max_new_tokens, setting.batch_size):
+        for i, answer in greedy_answers(loaded.model, tokenizer, prompts, setting.max_new_tokens, setting.batch_tokens):
             answers[i] = answer
             bar.update()
     return answers
