@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.architectures import head_layout
+from headpatch.atomic import write_text_atomic
 from headpatch.card import render_card
 from headpatch.checkpoint import OTHER_WEIGHT_PATTERNS
 from headpatch.errors import HeadpatchError
@@ -126,11 +127,7 @@ def carried_files(source: Path) -> Iterator[tuple[Path, str]]:
 def add_to_card(out: Path, section: str) -> None:
     """Append a markdown section to an export's model card, replacing the file atomically."""
     card = out / "README.md"
-    staging = card.with_name(".README.md.partial")
-    staging.write_text(card.read_text().rstrip("\n") + "\n\n" + section)
-    with open(staging, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(staging, card)
+    write_text_atomic(card, card.read_text().rstrip("\n") + "\n\n" + section)
 
 
 def stream_export(

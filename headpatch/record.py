@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from headpatch import __version__
 from headpatch.architectures import HeadLayout
+from headpatch.atomic import write_text_atomic
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads, format_head, parse_head, parse_heads
 from headpatch.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions, LocateResult
@@ -146,11 +145,4 @@ def read_record(path: str | Path) -> dict[str, Any]:
 
 def write_record(record: dict[str, Any], path: str | Path) -> Path:
     """Write a record atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(record, indent=2) + "\n")

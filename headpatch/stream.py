@@ -32,6 +32,7 @@ class FoldPlan:
     """Everything a streaming fold needs, checked before anything is written."""
 
     directory: Path
+    weights: dict[str, str]  # tensor name -> shard file
     shards: dict[str, Shard]
     patched: tuple[PatchedTensor, ...]
     index: str | None  # the shard index file, when the weights come from one
@@ -80,7 +81,7 @@ def plan_fold(directory: Path, layout: HeadLayout, coefficients: dict[Head, floa
                 f"the recorded heads need {list(_expected_shape(layout))}")
         patched.append(PatchedTensor(name, mapping[name], layer, heads))
     index = None if (directory / SINGLE_FILE).is_file() else INDEX_FILE
-    return FoldPlan(directory, shards, tuple(patched), index)
+    return FoldPlan(directory, mapping, shards, tuple(patched), index)
 
 
 def folded_bytes(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> memoryview:
