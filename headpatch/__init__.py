@@ -1,7 +1,6 @@
 """headpatch: make a causal LM read its context better and ship it as an ordinary checkpoint."""
 
-__version__ = "0.1.0"
-
+from headpatch._version import __version__
 from headpatch.architectures import head_layout, supported_model_types  # noqa: E402
 from headpatch.errors import HeadpatchError  # noqa: E402
 from headpatch.export import export_checkpoint, stream_export  # noqa: E402
@@ -15,7 +14,7 @@ from headpatch.train import TrainOptions, train_coefficients  # noqa: E402
 from headpatch.verify import verify_export  # noqa: E402
 
 __all__ = [
-    "HeadScaling", "HeadpatchError", "LocateOptions", "QRRetriever", "TrainOptions", "export_checkpoint", "fold_model",
+    "HeadScaling", "HeadpatchError", "__version__", "LocateOptions", "QRRetriever", "TrainOptions", "export_checkpoint", "fold_model",
     "head_layout", "load_model", "locate_heads", "save_ia3_adapter", "scaled_heads", "stream_export",
     "supported_model_types", "train_coefficients", "verify_export",
 ]

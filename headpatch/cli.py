@@ -323,6 +323,23 @@ def verify(
         raise typer.Exit(1)
 
 
+def _print_versions(value: bool) -> None:
+    if value:
+        from headpatch._version import library_versions
+
+        for name, found in library_versions().items():
+            typer.echo(f"{name}: {found}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_versions,
+                                 help="print the versions of headpatch, Python and the libraries it runs on."),
+) -> None:
+    """Make a causal LM read its context better and ship it as an ordinary checkpoint."""
+
+
 app.add_typer(qrhead_app, name="qrhead")
 app.command()(rerank)
 app.command(name="eval")(eval_command)

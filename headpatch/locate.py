@@ -10,8 +10,10 @@ from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 from headpatch.architectures import HeadLayout, o_proj_modules
+from headpatch.compat import cache_argument
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
 from headpatch.placement import input_device
@@ -102,13 +104,14 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
     device = input_device(model)
     ids = batch.input_ids.to(device)
     after = ids.shape[1] - s
+    cache = DynamicCache(config=model.config)
     with _removed_after([module.register_forward_hook(capture(i)) for i, module in enumerate(modules)]):
-        output = model(input_ids=ids, use_cache=True, logits_to_keep=after)
+        output = model(input_ids=ids, use_cache=True, logits_to_keep=after, **cache_argument(model, cache))
     # An intervention at s leaves every earlier position untouched, so their keys and values are reused.
-    output.past_key_values.crop(-after)
+    cache.crop(-after)
     target = ids[:, s + 1]
     logit = output.logits[:, 0].float().gather(1, target[:, None]).squeeze(1)
-    return CleanRun(target, logit, means, attn_out, output.past_key_values)
+    return CleanRun(target, logit, means, attn_out, cache)
 
 
 def ablate_hook(layer_means: torch.Tensor, heads: Sequence[int], layout: HeadLayout):
@@ -168,7 +171,8 @@ def head_effects(
                 ]
             with _removed_after(handles):
                 logits = model(
-                    input_ids=scored_ids.repeat_interleave(copies, 0), past_key_values=repeated[copies], use_cache=True
+                    input_ids=scored_ids.repeat_interleave(copies, 0), use_cache=True,
+                    **cache_argument(model, repeated[copies]),
                 ).logits[:, -1].float()
             repeated[copies].crop(-1)
             picked = logits.gather(1, clean.target.repeat_interleave(copies)[:, None]).view(samples, copies)

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from headpatch import __version__
+from headpatch._version import __version__
 from headpatch.architectures import HeadLayout
 from headpatch.atomic import write_text_atomic
 from headpatch.errors import HeadpatchError

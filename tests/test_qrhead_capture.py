@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from transformers import AutoModelForCausalLM
 
 from headpatch.errors import HeadpatchError
@@ -15,8 +17,11 @@ from headpatch.qrhead.prompt import Prompt, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, calibrated_token_scores_batch, masked_document_sums
 from tests.tiny import tiny_model
 
+# GPT-J's modeling code calls the attention interface from transformers 5.24 on; before, capture refuses it
+_GPTJ = pytest.param("gptj", marks=pytest.mark.skipif(
+    Version(transformers.__version__) < Version("5.24"), reason="GPT-J bypasses the attention interface before 5.24"))
 ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2",
-                 "gpt_neox", "opt"]
+                 "gpt_neox", "opt", _GPTJ]
 HEADS = [(2, 1), (0, 3), (1, 0), (1, 3), (0, 0)]  # unsorted, several per layer, GQA-shared key heads
 TOL = 1e-4
 
@@ -91,8 +96,28 @@ def test_capture_restores_the_model_and_rejects_bad_spans():
         query_attention(model, torch.randint(3, 300, (1, 10)), [(0, 0)], 10)
     query_attention(model, torch.randint(3, 300, (1, 10)), [(0, 0)], 5)
     assert model.config._attn_implementation == before
-    with pytest.raises(HeadpatchError, match="does not call transformers' attention interface"):
-        query_attention(tiny_model("gptj"), torch.randint(3, 300, (1, 10)), [(0, 0)], 5)
+
+
+class _PrivateAttention(torch.nn.Module):
+    """An attention layer computing its output without transformers' attention interface, as some modeling code does."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return torch.zeros_like(hidden_states), None
+
+
+def test_capture_refuses_a_layer_whose_attention_bypasses_the_interface():
+    model = tiny_model("llama", num_hidden_layers=4)
+    model.model.layers[1].self_attn = _PrivateAttention()
+    ids = torch.randint(3, 300, (1, 12), generator=torch.Generator().manual_seed(5))
+    # layers 0 and 2 still pass through the interface, so their heads are captured
+    captured = query_attention(model, ids, [(0, 1), (2, 3)], 6)
+    assert torch.allclose(captured.sum(-1), torch.ones(1, 2), atol=1e-5)
+    assert (captured[:, :1] - eager_query_attention(_eager(model), ids, [(0, 1)], 6)).abs().max() <= TOL
+    for heads in ([(1, 0)], [(0, 1), (1, 2)], [(1, 2), (3, 0)]):
+        with pytest.raises(HeadpatchError, match="attention of layer 1 of LlamaForCausalLM does not go through"):
+            query_attention(model, ids, heads, 6)
+    with pytest.raises(HeadpatchError, match="layer 1 "):
+        prefill(model, ids, last_layer=1)
 
 
 def test_smollm2_document_scores_equal_eager(smollm2, smollm2_dir):

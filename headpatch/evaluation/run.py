@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from headpatch import __version__
+from headpatch._version import library_versions
 from headpatch.evaluation.models import identity, load_reference
 from headpatch.evaluation.settings import TASK_NAMES, check_tasks, setting_for
 from headpatch.evaluation.tasks import TASKS, TaskRun, TaskSkipped
@@ -18,15 +17,6 @@ FORMAT_VERSION = 1
 # "base" is the model compared against, "patched" the model under evaluation; a lone model is just "model"
 COMPARED_ROLES = ("base", "patched")
 ALONE_ROLE = "model"
-
-
-def versions() -> dict[str, str]:
-    """Versions of what produced the numbers."""
-    import torch
-    import transformers
-
-    return {"headpatch": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
 
 
 def _run_task(name: str, setting: Any, models: Mapping[str, LoadedModel], seed: int,
@@ -78,7 +68,7 @@ def run_eval(
         row["change"] = _change(row)
     return {
         "format_version": FORMAT_VERSION,
-        "versions": versions(),
+        "versions": library_versions(),
         "run": {"quick": quick, "seed": seed, "dtype": dtype, "device": device, "tasks": names,
                 "settings_replaced": sorted(set(settings or {}) & set(names))},
         "comparison": comparison,

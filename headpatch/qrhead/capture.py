@@ -22,6 +22,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from headpatch.compat import cache_argument
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
 from headpatch.placement import input_device
@@ -39,6 +40,11 @@ class _Capture:
     total_length: int  # absolute sequence length, cached prefix included
     new_tokens: torch.Tensor | None = None  # [B, new tokens] bool, False at padding; None when unpadded
     results: dict[int, torch.Tensor] = field(default_factory=dict)
+    passed: set[int] = field(default_factory=set)  # layers whose attention went through the wrapper
+
+    def missed_layers(self) -> list[int]:
+        """Needed layers whose attention never reached the interface (their modeling code bypasses it)."""
+        return sorted(({self.last_layer} | set(self.heads_by_layer)) - self.passed)
 
 
 _ACTIVE: ContextVar[_Capture | None] = ContextVar("headpatch_qrhead_capture", default=None)
@@ -97,6 +103,7 @@ def _wrapper(delegate: str) -> Callable:
             scaling = query.shape[-1] ** -0.5
         if capture is not None:
             layer = module.layer_idx
+            capture.passed.add(layer)
             heads = capture.heads_by_layer.get(layer)
             if heads:
                 if key.shape[2] != capture.total_length:
@@ -155,11 +162,16 @@ def _run(model: Any, input_ids: torch.Tensor, capture: _Capture, cache: DynamicC
     padding = _padding_inputs(attention_mask, input_ids.shape[1], device)
     with torch.no_grad(), _capturing(model, capture):
         try:
-            model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=cache is not None,
+            model(input_ids=input_ids.to(device), use_cache=cache is not None, **cache_argument(model, cache),
                   **padding)
         except _StopForward:
-            return
-    raise HeadpatchError(f"{type(model).__name__} does not call transformers' attention interface; cannot capture")
+            pass
+    missed = capture.missed_layers()
+    if missed:
+        raise HeadpatchError(
+            f"the attention of layer {', '.join(map(str, missed))} of {type(model).__name__} does not go through "
+            "transformers' attention interface; cannot capture it"
+        )
 
 
 def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:

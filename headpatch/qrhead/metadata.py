@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headpatch import __version__
+from headpatch._version import __version__
 from headpatch.errors import HeadpatchError
 from headpatch.heads import format_head
 from headpatch.qrhead.detect import DetectionResult
