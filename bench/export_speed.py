@@ -40,7 +40,7 @@ PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).
 # separately, then deleted, and the second one is the "export" figure.
 RUNNER = rf"""
 import shutil, sys, time
-from headpatch.export import stream_export
+from headpatch.io.export import stream_export
 from headpatch.record import read_record
 record = read_record(sys.argv[2])
 start = time.perf_counter()
@@ -52,7 +52,7 @@ stream_export(sys.argv[1], record, sys.argv[3], show_progress=False)
 print(first, time.perf_counter() - start, {PEAK})
 """
 IMPORTS_ONLY = rf"""
-import headpatch.export, headpatch.record, transformers
+import headpatch.io.export, headpatch.record, transformers
 print({PEAK})
 """
 

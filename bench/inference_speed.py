@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headpatch.architectures import head_layout  # noqa: E402
 from headpatch.heads import parse_head  # noqa: E402
-from headpatch.ia3 import save_ia3_adapter  # noqa: E402
 from headpatch.loading import load_model  # noqa: E402
-from headpatch.scaling import HeadScaling  # noqa: E402
+from headpatch.pear.ia3 import save_ia3_adapter  # noqa: E402
+from headpatch.pear.scaling import HeadScaling  # noqa: E402
 
 
 def main() -> None:

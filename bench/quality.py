@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headpatch.essays import load_essays  # noqa: E402
+from headpatch.evaluation.metrics import perplexity  # noqa: E402
 from headpatch.loading import load_model  # noqa: E402
-from headpatch.metrics import perplexity  # noqa: E402
-from headpatch.proxy import copy_accuracy, copy_batch, sampleable_ids, special_prefix  # noqa: E402
+from headpatch.pear.proxy import copy_accuracy, copy_batch, sampleable_ids, special_prefix  # noqa: E402
 
 
 def main() -> None:

@@ -40,14 +40,14 @@ CommitMessageOpt = typer.Option(None, help="commit message of the upload.")
 
 
 def _locate_options(settings: str, mean_vector: str, propagation: str, seed: int) -> Any:
-    from headpatch.locate import LocateOptions
+    from headpatch.pear.locate import LocateOptions
     from headpatch.recipe import parse_settings
 
     return LocateOptions(parse_settings(settings), mean_vector, propagation, seed)
 
 
 def _train_options(steps: int, batch_size: int, n: int, lr: float, warmup: int, seed: int) -> Any:
-    from headpatch.train import TrainOptions
+    from headpatch.pear.train import TrainOptions
 
     return TrainOptions(steps=steps, batch_size=batch_size, n=n, lr=lr, warmup_steps=warmup, seed=seed)
 
@@ -69,7 +69,7 @@ def _heads_record(loaded: Any, heads: str) -> dict[str, Any]:
 def _save_ia3(layout: Any, base_model: str, record: dict[str, Any], directory: Optional[Path]) -> None:
     if directory is None:
         return
-    from headpatch.ia3 import save_ia3_adapter
+    from headpatch.pear.ia3 import save_ia3_adapter
     from headpatch.record import coefficients_of
 
     save_ia3_adapter(layout, coefficients_of(record), directory, base_model)
@@ -77,7 +77,7 @@ def _save_ia3(layout: Any, base_model: str, record: dict[str, Any], directory: O
 
 
 def _push(folder: Path, options: Any) -> None:
-    from headpatch.hub import push_folder
+    from headpatch.io.hub import push_folder
 
     url = push_folder(folder, options)
     typer.echo(f"pushed {folder} to {options.repo_id}: {url}")
@@ -193,8 +193,8 @@ def _export(
     commit_message: Optional[str], eval_setting: Optional[str],
 ) -> None:
     from headpatch.architectures import head_layout
-    from headpatch.export import check_output_dir
-    from headpatch.hub import PushOptions
+    from headpatch.io.atomic import check_output_dir
+    from headpatch.io.hub import PushOptions
     from headpatch.loading import load_model
     from headpatch.pipeline import check_k, export_step, locate_step, qrhead_step, train_step
     from headpatch.qrhead.cli import BUILTIN_DOCS, detection_examples
@@ -240,7 +240,7 @@ def _evaluate_export(out: Path, model: str, revision: Optional[str], quick: bool
                      show: bool) -> None:
     """Evaluate the export against its source; the report goes into OUT/eval/ and its table into the model card."""
     from headpatch.evaluation import run_eval, summary_markdown, write_report
-    from headpatch.export import add_to_card
+    from headpatch.io.export import add_to_card
 
     if revision is not None:
         typer.echo("--eval compares with the source at its default revision", err=True)
@@ -257,8 +257,8 @@ def _fold_patch(model: str, revision: Optional[str], record: dict[str, Any], out
     from transformers import AutoConfig
 
     from headpatch.architectures import head_layout
-    from headpatch.export import stream_export
-    from headpatch.hub import checkpoint_dir
+    from headpatch.io.export import stream_export
+    from headpatch.io.hub import checkpoint_dir
     from headpatch.loading import resolve_source
 
     source = resolve_source(model, revision)
@@ -277,7 +277,7 @@ def push(
     commit_message: Optional[str] = CommitMessageOpt,
 ) -> None:
     """Publish an export to the Hub (the token comes from HF_TOKEN or `hf auth login`, never from a flag)."""
-    from headpatch.hub import PushOptions
+    from headpatch.io.hub import PushOptions
 
     _push(folder, PushOptions(repo_id, private, revision, commit_message))
 
@@ -291,8 +291,8 @@ def inspect(
     """Show the headpatch metadata of a checkpoint: heads, coefficients, QR heads."""
     import json
 
-    from headpatch.hub import read_config
-    from headpatch.summary import metadata_of, metadata_summary
+    from headpatch.io.hub import read_config
+    from headpatch.io.summary import metadata_of, metadata_summary
 
     config = read_config(checkpoint, revision)
     if as_json:
@@ -310,9 +310,9 @@ def verify(
     """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors.
 
     Exit code 0: only the recorded patch differs; 1: unexpected differences (listed); 2: the inputs cannot be read."""
-    from headpatch.hub import checkpoint_dir
+    from headpatch.io.hub import checkpoint_dir
+    from headpatch.io.verify import verify_export
     from headpatch.loading import resolve_source
-    from headpatch.verify import verify_export
 
     result = verify_export(checkpoint, checkpoint_dir(resolve_source(base, revision)), progress_enabled(quiet))
     for problem in result.problems:

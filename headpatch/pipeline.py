@@ -7,14 +7,14 @@ from typing import Any, Sequence
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.export import stream_export
 from headpatch.heads import Head, check_heads, format_head
-from headpatch.hub import checkpoint_dir
+from headpatch.io.export import stream_export
+from headpatch.io.hub import checkpoint_dir
 from headpatch.loading import LoadedModel
-from headpatch.locate import LocateOptions, locate_heads
+from headpatch.pear.locate import LocateOptions, locate_heads
+from headpatch.pear.scaling import scaled_heads
+from headpatch.pear.train import TrainOptions, train_coefficients
 from headpatch.record import check_fits, coefficients_of, located_heads, new_record, with_location, with_training
-from headpatch.scaling import scaled_heads
-from headpatch.train import TrainOptions, train_coefficients
 
 
 def base_record(loaded: LoadedModel) -> dict[str, Any]:

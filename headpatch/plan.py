@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from headpatch.locate import LocateOptions
-from headpatch.memory import DETECT_TOKENS, StepMemory, gigabytes, step_memory
+from headpatch.pear.locate import LocateOptions
+from headpatch.pear.memory import DETECT_TOKENS, StepMemory, gigabytes, step_memory
+from headpatch.pear.train import TrainOptions
 from headpatch.qrhead.detect import LARGE_MODEL_PARAMETERS
 from headpatch.recipe import BUILTIN_DATA, Recipe, check_k, parse_settings, recipe_layout
-from headpatch.train import TrainOptions
 
 BUILTIN_PROMPT_TOKENS = 1300  # built-in detection prompts: 10 passages of about 60 words, question, chat markup
 WIDTH = 118

@@ -21,9 +21,9 @@ from headpatch.architectures import HeadLayout, head_layout, supported_model_typ
 from headpatch.errors import HeadpatchError
 from headpatch.heads import check_heads, parse_heads
 from headpatch.loading import DTYPES
-from headpatch.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions
-from headpatch.memory import LAYER_TRAITS, ModelShape
-from headpatch.train import TrainOptions
+from headpatch.pear.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions
+from headpatch.pear.memory import LAYER_TRAITS, ModelShape
+from headpatch.pear.train import TrainOptions
 
 BUILTIN_DATA = "builtin"
 _LOCATE = LocateOptions()

@@ -9,11 +9,11 @@ from typing import Any
 
 from headpatch._version import __version__
 from headpatch.architectures import HeadLayout
-from headpatch.atomic import write_text_atomic
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads, format_head, parse_head, parse_heads
-from headpatch.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions, LocateResult
-from headpatch.train import TrainOptions, TrainResult
+from headpatch.io.atomic import write_text_atomic
+from headpatch.pear.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions, LocateResult
+from headpatch.pear.train import TrainOptions, TrainResult
 
 FORMAT_VERSION = 1
 

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 
 from headpatch.architectures import HeadLayout, o_proj_modules
-from headpatch.locate import LocateOptions, clean_run
-from headpatch.proxy import CopyBatch
+from headpatch.pear.locate import LocateOptions, clean_run
+from headpatch.pear.proxy import CopyBatch
 
 
 @torch.no_grad()

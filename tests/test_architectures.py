@@ -4,8 +4,8 @@ from transformers import AutoConfig
 
 from headpatch.architectures import ARCHITECTURES, head_layout, o_proj_modules, supported_model_types
 from headpatch.errors import HeadpatchError
-from headpatch.fold import fold_model
-from headpatch.scaling import scaled_heads
+from headpatch.pear.fold import fold_model
+from headpatch.pear.scaling import scaled_heads
 from tests.tiny import tiny_model
 
 REQUIRED = ["llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2",

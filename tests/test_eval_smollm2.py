@@ -7,9 +7,9 @@ import pytest
 from headpatch.architectures import head_layout
 from headpatch.evaluation import run_eval, summary_markdown
 from headpatch.evaluation.settings import NiahSetting
-from headpatch.fold import fold_model
 from headpatch.heads import parse_head
 from headpatch.loading import load_model
+from headpatch.pear.fold import fold_model
 
 # the default export's coefficients (README), so the test needs no location or training run
 COEFFICIENTS = {"14-3": 0.899, "17-3": 1.142, "17-5": 0.920, "18-6": 1.135, "18-7": 1.143, "20-2": 0.878,

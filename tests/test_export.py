@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ from safetensors.torch import load_file
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.export import export_checkpoint
+from headpatch.io.export import export_checkpoint
 from headpatch.loading import load_model
 from headpatch.pipeline import export_step, given_heads_record
 from tests.conftest import run_fresh

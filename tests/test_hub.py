@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from headpatch.cli import app
 from headpatch.errors import HeadpatchError
-from headpatch.hub import PushOptions, push_folder
+from headpatch.io.hub import PushOptions, push_folder
 from headpatch.record import write_record
 from tests.conftest import run_cli
 from tests.test_stream import COEFFICIENTS, make_record, make_source

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from headpatch.architectures import head_layout
-from headpatch.fold import fold_model
-from headpatch.ia3 import save_ia3_adapter
+from headpatch.pear.fold import fold_model
+from headpatch.pear.ia3 import save_ia3_adapter
 from tests.conftest import run_fresh
 from tests.tiny import tiny_model
 

@@ -1,6 +1,6 @@
 """Big-model placement on CPU: a bf16 model split over CPU memory and disk gives the results of the whole model.
 
-Also checks the memory estimates of headpatch.memory against what the code really keeps, and the table of
+Also checks the memory estimates of headpatch.pear.memory against what the code really keeps, and the table of
 recipes/README.md against the estimates.
 """
 
@@ -14,13 +14,13 @@ from transformers import AutoModelForCausalLM
 
 from headpatch.architectures import head_layout
 from headpatch.loading import load_model
-from headpatch.locate import LocateOptions, locate_heads
-from headpatch.memory import LAYER_TRAITS, ModelShape, activation_bytes_per_token_layer, gigabytes, step_memory
-from headpatch.placement import input_device
-from headpatch.proxy import copy_batch, copy_loss, sampleable_ids
+from headpatch.pear.locate import LocateOptions, locate_heads
+from headpatch.pear.memory import LAYER_TRAITS, ModelShape, activation_bytes_per_token_layer, gigabytes, step_memory
+from headpatch.pear.proxy import copy_batch, copy_loss, sampleable_ids
+from headpatch.pear.scaling import HeadScaling
+from headpatch.pear.train import TrainOptions, train_coefficients
 from headpatch.qrhead import builtin_examples, detect_heads
-from headpatch.scaling import HeadScaling
-from headpatch.train import TrainOptions, train_coefficients
+from headpatch.runtime import input_device
 from tests.tiny import tiny_model
 
 LAYERS = 4

@@ -1,6 +1,6 @@
 import torch
 
-from headpatch.proxy import copy_batch, sampleable_ids, seed_for, special_prefix
+from headpatch.pear.proxy import copy_batch, sampleable_ids, seed_for, special_prefix
 
 
 def test_batches_are_reproducible_and_repeat_their_first_half():
@@ -40,7 +40,7 @@ def test_config_special_ids_are_excluded_without_a_tokenizer():
 
 
 def test_copy_logits_are_the_full_forward_at_the_copyable_positions():
-    from headpatch.proxy import copy_logits, copy_targets
+    from headpatch.pear.proxy import copy_logits, copy_targets
     from tests.tiny import tiny_model
 
     model = tiny_model("llama")

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from headpatch.architectures import head_layout
-from headpatch.checkpoint import read_shard
 from headpatch.errors import HeadpatchError
-from headpatch.export import stream_export
-from headpatch.fold import fold_model
+from headpatch.io.checkpoint import read_shard
+from headpatch.io.export import stream_export
+from headpatch.io.stream import disk_tensor_name
+from headpatch.pear.fold import fold_model
 from headpatch.record import new_record
-from headpatch.stream import disk_tensor_name
 from tests.conftest import run_fresh
 from tests.tiny import tiny_model
 
@@ -97,7 +97,7 @@ print(json.dumps({"logits": logits.flatten().tolist(), "log": log.getvalue(), "t
 
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_sharded_tied_export_loads_in_plain_transformers_and_equals_runtime_scaling(tmp_path, model_type):
-    from headpatch.scaling import scaled_heads
+    from headpatch.pear.scaling import scaled_heads
 
     source, model = make_source(tmp_path, model_type, torch.float32, True, tie_word_embeddings=True)
     out = stream_export(source, make_record(model.config, COEFFICIENTS), tmp_path / "out", show_progress=False)

@@ -29,7 +29,7 @@ def eval_command(
     from headpatch.evaluation import run_eval, summary_markdown, write_report
     from headpatch.evaluation.report import RESULTS
     from headpatch.evaluation.settings import check_tasks
-    from headpatch.export import check_output_dir
+    from headpatch.io.atomic import check_output_dir
 
     show = progress_enabled(quiet)
     names = check_tasks(tasks)

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from headpatch.placement import input_device
 from headpatch.qrhead.prompt import uses_chat_template
+from headpatch.runtime import input_device
 
 
 def question_prompt(instruction: str, context: str, question: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.evaluation.plots import Figures, draw_figures
-from headpatch.export import check_output_dir, staged_output
+from headpatch.io.atomic import check_output_dir, staged_output
 
 RESULTS = "results.json"  # every report holds it: --overwrite replaces only a directory that does
 TASK_TITLES = {

@@ -22,10 +22,9 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from headpatch.compat import cache_argument
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
-from headpatch.placement import input_device
+from headpatch.runtime import cache_argument, input_device
 
 
 class _StopForward(Exception):

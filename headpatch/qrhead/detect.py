@@ -14,7 +14,8 @@ from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
 from headpatch.qrhead.data import Example
 from headpatch.qrhead.prompt import prompt_pair
-from headpatch.qrhead.scoring import calibrated_token_scores, context_limit, masked_document_sums
+from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
+from headpatch.runtime import context_limit
 
 LARGE_MODEL_PARAMETERS = 10_000_000_000
 

@@ -15,8 +15,9 @@ from headpatch.loading import LoadedModel, load_model
 from headpatch.qrhead.data import Document
 from headpatch.qrhead.detect import all_heads
 from headpatch.qrhead.prompt import Prompt, document_text, prompt_pair
-from headpatch.qrhead.scoring import calibrated_token_scores_batch, context_limit, head_set_scores
+from headpatch.qrhead.scoring import calibrated_token_scores_batch, head_set_scores
 from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
+from headpatch.runtime import context_limit
 
 DocInput = str | Mapping[str, Any] | Document
 _TRUNCATION_SLACK = 4  # tokens per document kept free: re-tokenizing cut text can shift a boundary token

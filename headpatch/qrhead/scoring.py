@@ -77,8 +77,3 @@ def head_set_scores(token_scores: torch.Tensor, spans: Sequence[tuple[int, int]]
     """One score per document from [heads, tokens] scores: heads summed per token, then each document masked."""
     # the order of the public retriever: sum over heads first, outlier-mask per document after
     return [float(s) for s in masked_document_sums(token_scores.sum(dim=0, keepdim=True), spans)[0]]
-
-
-def context_limit(config: Any) -> int | None:
-    """The longest sequence the model was built for, when its config says."""
-    return getattr(config, "max_position_embeddings", None)

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from headpatch.evaluation.settings import CopySetting
 from headpatch.evaluation.tasks.base import Metric, TaskRun, per_model
 from headpatch.loading import LoadedModel
-from headpatch.proxy import copy_accuracy, copy_batch, sampleable_ids, special_prefix
+from headpatch.pear.proxy import copy_accuracy, copy_batch, sampleable_ids, special_prefix
 
 
 def evaluate(loaded: LoadedModel, setting: CopySetting, run: TaskRun) -> dict[str, Any]:

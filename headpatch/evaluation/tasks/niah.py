@@ -13,7 +13,7 @@ from headpatch.evaluation.settings import NiahSetting
 from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped, answer_all, require_tokenizer
 from headpatch.evaluation.text import context_essays
 from headpatch.loading import LoadedModel
-from headpatch.qrhead.scoring import context_limit
+from headpatch.runtime import context_limit
 
 INSTRUCTION = "Answer the question from the document."
 _SENTENCE_ENDS = (".", "!", "?")

@@ -6,11 +6,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from headpatch.evaluation.metrics import perplexity
 from headpatch.evaluation.settings import PplSetting
 from headpatch.evaluation.tasks.base import Metric, TaskRun, per_model, require_tokenizer
 from headpatch.evaluation.text import heldout_essays
 from headpatch.loading import LoadedModel
-from headpatch.metrics import perplexity
 
 
 def evaluate(loaded: LoadedModel, setting: PplSetting, run: TaskRun) -> dict[str, Any]:

@@ -11,10 +11,10 @@ import torch
 from tqdm.auto import tqdm
 
 from headpatch.architectures import HeadLayout
-from headpatch.checkpoint import INDEX_FILE, SINGLE_FILE, Shard, read_shards, read_tensor, weight_files
 from headpatch.errors import HeadpatchError
-from headpatch.fold import by_layer, fold_weight
 from headpatch.heads import Head, check_heads
+from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, Shard, read_shards, read_tensor, weight_files
+from headpatch.pear.fold import by_layer, fold_weight
 
 
 @dataclass(frozen=True)

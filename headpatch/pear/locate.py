@@ -13,11 +13,10 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from headpatch.architectures import HeadLayout, o_proj_modules
-from headpatch.compat import cache_argument
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
-from headpatch.placement import input_device
-from headpatch.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
+from headpatch.pear.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
+from headpatch.runtime import cache_argument, input_device
 
 PAPER_SETTINGS: tuple[tuple[int, int], ...] = ((20, 50), (40, 25), (80, 15), (100, 10))
 

@@ -12,9 +12,9 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
-from headpatch.placement import input_device
-from headpatch.proxy import copy_accuracy, copy_batch, copy_loss, sampleable_ids, special_prefix
-from headpatch.scaling import HeadScaling, scaled_heads
+from headpatch.pear.proxy import copy_accuracy, copy_batch, copy_loss, sampleable_ids, special_prefix
+from headpatch.pear.scaling import HeadScaling, scaled_heads
+from headpatch.runtime import input_device
 
 
 @dataclass(frozen=True)

@@ -4,84 +4,21 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from headpatch.architectures import head_layout
-from headpatch.atomic import write_text_atomic
-from headpatch.card import render_card
-from headpatch.checkpoint import OTHER_WEIGHT_PATTERNS
 from headpatch.errors import HeadpatchError
-from headpatch.fold import fold_model
+from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
+from headpatch.io.card import render_card
+from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS
+from headpatch.io.stream import plan_fold, write_folded_shards
+from headpatch.pear.fold import fold_model
 from headpatch.record import check_fits, coefficients_of, config_metadata, write_record
-from headpatch.stream import plan_fold, write_folded_shards
 
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
-
-
-def check_output_dir(
-    out: Path, overwrite: bool, source_dir: Path | None = None, marker: str = "headpatch.json"
-) -> None:
-    """Refuse an output that overlaps the source, or exists and is not empty, unless `overwrite` is given and it holds
-    `marker` (the file every earlier run of the same kind wrote), so --overwrite never deletes an unrelated folder."""
-    out = out.resolve()
-    if source_dir is not None:
-        source_dir = source_dir.resolve()
-        if out == source_dir or source_dir in out.parents or out in source_dir.parents:
-            raise HeadpatchError(f"output directory {out} overlaps the source checkpoint {source_dir}")
-    if out.exists():
-        if not out.is_dir():
-            raise HeadpatchError(f"output path {out} exists and is not a directory")
-        if any(out.iterdir()):
-            if not overwrite:
-                raise HeadpatchError(f"output directory {out} exists and is not empty; pass --overwrite to replace it")
-            if not (out / marker).is_file():
-                raise HeadpatchError(f"output directory {out} is not empty and holds no {marker} from an earlier run; "
-                                     "refusing to replace it even with --overwrite")
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def publish_dir(staging: Path, out: Path) -> None:
-    """Move a finished staging directory into place, replacing `out` only once the new one is complete."""
-    _fsync_tree(staging)
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; the output gets the permissions of a normal mkdir
-    if not out.exists():
-        staging.rename(out)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    out.rename(retired / "old")
-    try:
-        staging.rename(out)
-    except BaseException:
-        (retired / "old").rename(out)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-@contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A staging directory beside `out` that becomes `out` only if the block finishes; removed otherwise."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield staging
-        publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _write_card_and_record(staging: Path, record: dict[str, Any], out: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from headpatch.placement import input_device
+from headpatch.runtime import input_device
 
 # Each purpose draws from its own seed stream, so evaluation never reuses location or training sequences.
 PURPOSES = ("locate", "train", "eval")

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headpatch.checkpoint import INDEX_FILE, SINGLE_FILE
 from headpatch.errors import HeadpatchError
+from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE
 from headpatch.loading import Source
 
 # Config, generation config, tokenizer files and chat templates: everything an export carries besides the weights.

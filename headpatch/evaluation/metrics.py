@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 import torch
 
-from headpatch.placement import input_device
+from headpatch.runtime import input_device
 
 
 @torch.no_grad()

@@ -10,12 +10,12 @@ import torch
 from tqdm.auto import tqdm
 
 from headpatch.architectures import HeadLayout, head_layout
-from headpatch.checkpoint import Shard, read_shards, read_tensor, weight_files
 from headpatch.errors import HeadpatchError
-from headpatch.fold import fold_weight
+from headpatch.io.checkpoint import Shard, read_shards, read_tensor, weight_files
+from headpatch.io.stream import plan_fold
+from headpatch.io.summary import metadata_of
+from headpatch.pear.fold import fold_weight
 from headpatch.record import coefficients_of
-from headpatch.stream import plan_fold
-from headpatch.summary import metadata_of
 
 _CHUNK = 16 * 1024 * 1024
 

@@ -9,7 +9,7 @@ import torch
 
 from headpatch.architectures import HeadLayout, o_proj_modules
 from headpatch.heads import Head, check_heads
-from headpatch.placement import input_device
+from headpatch.runtime import input_device
 
 
 class HeadScaling(torch.nn.Module):

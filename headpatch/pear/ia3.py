@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 from headpatch.architectures import HeadLayout
-from headpatch.fold import by_layer
 from headpatch.heads import Head, check_heads
+from headpatch.pear.fold import by_layer
 
 
 def ia3_vectors(layout: HeadLayout, coefficients: dict[Head, float]) -> dict[str, torch.Tensor]:
