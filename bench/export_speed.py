@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headpatch.architectures import head_layout  # noqa: E402
-from headpatch.record import new_record, write_record  # noqa: E402
+from headpatch.io.files import write_record  # noqa: E402
+from headpatch.record import Architecture, Location, PatchRecord, Pear  # noqa: E402
 
 WIDE = dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336)
 SHARD_BYTES = 1 << 30
@@ -41,7 +42,7 @@ PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).
 RUNNER = rf"""
 import shutil, sys, time
 from headpatch.io.export import stream_export
-from headpatch.record import read_record
+from headpatch.io.files import read_record
 record = read_record(sys.argv[2])
 start = time.perf_counter()
 stream_export(sys.argv[1], record, sys.argv[3] + "-first", show_progress=False)
@@ -103,8 +104,10 @@ def patch_every_layer(directory: Path, work: Path) -> Path:
 
     layout = head_layout(AutoConfig.from_pretrained(directory))
     coefficients = {f"{layer}-{head}": 0.8 for layer in range(layout.num_layers) for head in (0, 5)}
-    record = {**new_record(str(directory), str(directory), layout),
-              "pear": {"heads": list(coefficients), "location": {"k": len(coefficients)}, "coefficients": coefficients}}
+    pear = Pear(heads=tuple(coefficients), location=Location(method="given by the user", k=len(coefficients)),
+                coefficients=coefficients)
+    record = PatchRecord(headpatch_version="bench", source=str(directory), base_model=str(directory),
+                         architecture=Architecture.of(layout), pear=pear)
     return write_record(record, work / f"{directory.name}-patch.json")
 
 

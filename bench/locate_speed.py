@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from headpatch.architectures import head_layout  # noqa: E402
 from headpatch.loading import load_model  # noqa: E402
-from headpatch.pear.locate import PAPER_SETTINGS, LocateOptions, locate_heads  # noqa: E402
+from headpatch.options import PAPER_SETTINGS, LocateOptions  # noqa: E402
+from headpatch.pear.locate import locate_heads  # noqa: E402
 from headpatch.pear.proxy import copy_batch, sampleable_ids, special_prefix  # noqa: E402
 from tests.oracle import naive_head_effects  # noqa: E402
 

@@ -1,20 +1,31 @@
-"""headpatch: make a causal LM read its context better and ship it as an ordinary checkpoint."""
+"""headpatch: make a causal LM read its context better and ship it as an ordinary checkpoint.
+
+The public API is imported lazily, so that `import headpatch.record` (or the CLI's `--help`) loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from headpatch._version import __version__
-from headpatch.architectures import head_layout, supported_model_types  # noqa: E402
-from headpatch.errors import HeadpatchError  # noqa: E402
-from headpatch.io.export import export_checkpoint, stream_export  # noqa: E402
-from headpatch.io.verify import verify_export  # noqa: E402
-from headpatch.loading import load_model  # noqa: E402
-from headpatch.pear.fold import fold_model  # noqa: E402
-from headpatch.pear.ia3 import save_ia3_adapter  # noqa: E402
-from headpatch.pear.locate import LocateOptions, locate_heads  # noqa: E402
-from headpatch.pear.scaling import HeadScaling, scaled_heads  # noqa: E402
-from headpatch.pear.train import TrainOptions, train_coefficients  # noqa: E402
-from headpatch.qrhead import QRRetriever  # noqa: E402
+from headpatch.errors import HeadpatchError
 
-__all__ = [
-    "HeadScaling", "HeadpatchError", "__version__", "LocateOptions", "QRRetriever", "TrainOptions", "export_checkpoint", "fold_model",
-    "head_layout", "load_model", "locate_heads", "save_ia3_adapter", "scaled_heads", "stream_export",
-    "supported_model_types", "train_coefficients", "verify_export",
-]
+_API = {
+    "ExportJob": "headpatch.options", "LocateOptions": "headpatch.options", "TrainOptions": "headpatch.options",
+    "QRHeadOptions": "headpatch.options", "PatchRecord": "headpatch.record",
+    "head_layout": "headpatch.architectures", "supported_model_types": "headpatch.architectures",
+    "load_model": "headpatch.loading", "run_export": "headpatch.pipeline",
+    "locate_heads": "headpatch.pear.locate", "train_coefficients": "headpatch.pear.train",
+    "HeadScaling": "headpatch.pear.scaling", "scaled_heads": "headpatch.pear.scaling",
+    "fold_model": "headpatch.pear.fold", "save_ia3_adapter": "headpatch.pear.ia3",
+    "export_checkpoint": "headpatch.io.export", "stream_export": "headpatch.io.export",
+    "verify_export": "headpatch.io.verify", "QRRetriever": "headpatch.qrhead.retriever",
+}
+__all__ = ["HeadpatchError", "__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'headpatch' has no attribute {name!r}")
+    return getattr(importlib.import_module(_API[name]), name)

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from typing import Any, Iterable, Protocol
 
-import torch
-
-from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 
 Head = tuple[int, int]
 
-_HEAD_RE = re.compile(r"^\s*(\d+)-(\d+)\s*$")
+# ASCII digits only (\d would take ١ or １), no leading zeros: one spelling per head
+_HEAD_RE = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)", re.ASCII)
+
+
+class HeadGrid(Protocol):
+    """Anything that knows a model's layer and query-head counts (a HeadLayout, a record's Architecture)."""
+
+    num_layers: int
+    num_heads: int
 
 
 def parse_head(text: str) -> Head:
-    """Parse one "layer-head" id (0-indexed query head)."""
-    match = _HEAD_RE.match(str(text))
+    """Parse one canonical "layer-head" id (0-indexed query head)."""
+    match = _HEAD_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise HeadpatchError(f"malformed head id {text!r}; expected 'layer-head', e.g. '14-22'")
     return int(match.group(1)), int(match.group(2))
@@ -26,7 +31,7 @@ def parse_head(text: str) -> Head:
 def parse_heads(items: str | Iterable[str]) -> list[Head]:
     """Parse a comma-separated string or a list of "layer-head" ids, keeping order."""
     if isinstance(items, str):
-        items = [part for part in items.split(",") if part.strip()]
+        items = [part.strip() for part in items.split(",") if part.strip()]
     heads = [parse_head(item) for item in items]
     if len(set(heads)) != len(heads):
         raise HeadpatchError(f"duplicate head ids in {', '.join(format_head(h) for h in heads)}")
@@ -38,7 +43,7 @@ def format_head(head: Head) -> str:
     return f"{head[0]}-{head[1]}"
 
 
-def check_heads(heads: Iterable[Head], layout: HeadLayout) -> None:
+def check_heads(heads: Iterable[Head], layout: HeadGrid) -> None:
     """Raise if any head lies outside the model's layers or query heads."""
     for layer, head in heads:
         if not (0 <= layer < layout.num_layers and 0 <= head < layout.num_heads):
@@ -48,8 +53,8 @@ def check_heads(heads: Iterable[Head], layout: HeadLayout) -> None:
             )
 
 
-def ranked_heads(scores: torch.Tensor) -> list[Head]:
-    """Every head of a [layers, heads] score table, highest score first (ties keep layer-head order)."""
-    order = torch.argsort(scores.flatten(), descending=True, stable=True)
+def ranked_heads(scores: Any) -> list[Head]:
+    """Every head of a [layers, heads] score tensor, highest score first (ties keep layer-head order)."""
+    order = scores.flatten().argsort(descending=True, stable=True)
     per_layer = scores.shape[1]
     return [(int(i) // per_layer, int(i) % per_layer) for i in order]

@@ -1,82 +1,242 @@
-"""The PEAR steps over a loaded model, each taking and returning a plain record."""
+"""The steps over a loaded model, each turning a compute result into a part of the patch record, and `run_export`.
+
+Compute modules (headpatch.pear, headpatch.qrhead) return tensors and dataclasses of their own; only this module
+turns them into record parts, so the record format depends on no compute code.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+import sys
+from typing import Any, Protocol, Sequence
 
-from headpatch.architectures import head_layout
+from headpatch._version import __version__
+from headpatch.architectures import HeadLayout, head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head, check_heads, format_head
-from headpatch.io.export import stream_export
-from headpatch.io.hub import checkpoint_dir
+from headpatch.heads import Head, check_heads, format_head, parse_heads
 from headpatch.loading import LoadedModel
-from headpatch.pear.locate import LocateOptions, locate_heads
-from headpatch.pear.scaling import scaled_heads
-from headpatch.pear.train import TrainOptions, train_coefficients
-from headpatch.record import check_fits, coefficients_of, located_heads, new_record, with_location, with_training
+from headpatch.options import MEAN_VECTORS, PROPAGATIONS, ExportJob, LocateOptions, TrainOptions
+from headpatch.record import Architecture, CopyFigures, Location, Pear, PatchRecord, QRHeads, Training, check_k
+
+LOCATION_METHOD = "PEAR mean ablation, delta_pi = logit_ablated / logit_clean - 1 of the copied token"
 
 
-def base_record(loaded: LoadedModel) -> dict[str, Any]:
-    """An empty record for this model."""
-    return new_record(loaded.source.name, loaded.source.base_model, head_layout(loaded.model.config))
+class Say(Protocol):
+    """Where progress lines go: `err=True` for notes that belong on stderr (typer.echo fits)."""
+
+    def __call__(self, message: str, err: bool = False) -> None: ...
 
 
-def check_k(loaded: LoadedModel, k: int) -> None:
-    """Fail before any computation when K cannot be satisfied."""
-    total = head_layout(loaded.model.config).total_heads
-    if not 1 <= k <= total:
-        raise HeadpatchError(f"K={k} is out of range: the model has {total} heads")
+def _print(message: str, err: bool = False) -> None:
+    print(message, file=sys.stderr if err else sys.stdout)
 
 
-def locate_step(loaded: LoadedModel, options: LocateOptions, k: int, show_progress: bool = True) -> dict[str, Any]:
+def record_for(loaded: LoadedModel, pear: Pear | None = None, qrhead: QRHeads | None = None) -> PatchRecord:
+    """A record naming this model, with the given parts."""
+    return PatchRecord(headpatch_version=__version__, source=loaded.source.name, base_model=loaded.source.base_model,
+                       architecture=Architecture.of(head_layout(loaded.model.config)), pear=pear, qrhead=qrhead)
+
+
+def locate_step(loaded: LoadedModel, options: LocateOptions, show_progress: bool = True) -> PatchRecord:
     """Score every head and keep the top K as suppression heads."""
-    check_k(loaded, k)
+    from headpatch.pear.locate import locate_heads
+
     layout = head_layout(loaded.model.config)
+    check_k(options.k, layout.total_heads)
     result = locate_heads(loaded.model, loaded.tokenizer, layout, options, show_progress)
-    return with_location(base_record(loaded), result, options, k)
+    ranked = result.ranked()
+    location = Location(
+        method=LOCATION_METHOD, settings=options.settings, mean_vector=options.mean_vector,
+        mean_vector_meaning=MEAN_VECTORS[options.mean_vector], propagation=options.propagation,
+        propagation_meaning=PROPAGATIONS[options.propagation], seed=options.seed, special_tokens_excluded=True,
+        k=options.k, seconds=round(result.seconds, 2),
+        scores={format_head(head): round(float(result.scores[head]), 6) for head in ranked},
+    )
+    return record_for(loaded, Pear(heads=tuple(format_head(h) for h in ranked[:options.k]), location=location))
 
 
-def given_heads_record(loaded: LoadedModel, heads: Sequence[Head]) -> dict[str, Any]:
+def given_heads_record(loaded: LoadedModel, heads: Sequence[Head]) -> PatchRecord:
     """A record for heads the user chose, e.g. a published list."""
     check_heads(heads, head_layout(loaded.model.config))
-    location = {"method": "given by the user", "k": len(heads)}
-    return {**base_record(loaded), "pear": {"heads": [format_head(h) for h in heads], "location": location}}
+    location = Location(method="given by the user", k=len(heads))
+    return record_for(loaded, Pear(heads=tuple(format_head(h) for h in heads), location=location))
+
+
+def heads_record(loaded: LoadedModel, heads: str) -> PatchRecord:
+    """A record from a heads.json/patch.json file, or from a literal list such as '14-22,13-16'."""
+    from headpatch.io.files import read_record
+
+    if Path(heads).is_file() or heads.endswith(".json"):
+        record = read_record(heads)
+        record.check_fits(head_layout(loaded.model.config))
+        return record
+    return given_heads_record(loaded, parse_heads(heads))
+
+
+def _figures(evaluation: Any) -> CopyFigures:
+    return CopyFigures(loss=round(evaluation.loss, 6),
+                       copy_accuracy={str(n): round(a, 4) for n, a in evaluation.accuracy.items()})
 
 
 def train_step(
-    loaded: LoadedModel, record: dict[str, Any], options: TrainOptions, show_progress: bool = True
-) -> dict[str, Any]:
+    loaded: LoadedModel, record: PatchRecord, options: TrainOptions, show_progress: bool = True
+) -> PatchRecord:
     """Learn one coefficient per located head."""
+    from headpatch.pear.train import train_coefficients
+
     layout = head_layout(loaded.model.config)
-    check_fits(record, layout)
-    result = train_coefficients(loaded.model, loaded.tokenizer, layout, located_heads(record), options, show_progress)
-    return with_training(record, result, options)
+    record.check_fits(layout)
+    result = train_coefficients(loaded.model, loaded.tokenizer, layout, record.pear_heads(), options, show_progress)
+    training = Training(
+        **dataclasses.asdict(options),
+        optimizer="AdamW, no weight decay, linear schedule with warm-up",
+        loss="next-token cross-entropy on the copyable second half of proxy sequences",
+        coefficient_dtype="float32",
+        seconds=round(result.seconds, 2),
+        train_loss_first=round(result.losses[0], 6),
+        train_loss_last=round(result.losses[-1], 6),
+        heldout_before=_figures(result.before),
+        heldout_after=_figures(result.after),
+    )
+    coefficients = {format_head(head): round(value, 8) for head, value in result.coefficients.items()}
+    return dataclasses.replace(record, pear=dataclasses.replace(record.pear, coefficients=coefficients,
+                                                                training=training))
+
+
+def qr_k(loaded: LoadedModel, k: int | None) -> int:
+    """QR K as given (checked against the model) or the paper's default for its size."""
+    from headpatch.qrhead.detect import default_k
+
+    k = default_k(loaded.model) if k is None else k
+    check_k(k, head_layout(loaded.model.config).total_heads)
+    return k
 
 
 def qrhead_step(
-    loaded: LoadedModel, record: dict[str, Any], examples: Sequence[Any], data_name: str, k: int | None = None,
+    loaded: LoadedModel, record: PatchRecord | None, examples: Sequence[Any], data_name: str, k: int,
     show_progress: bool = True,
-) -> dict[str, Any]:
-    """Detect QR heads on the model as it will be shipped (its PEAR coefficients applied) and add them."""
-    from headpatch.qrhead.detect import default_k, detect_heads
-    from headpatch.qrhead.metadata import qrhead_metadata
+) -> PatchRecord:
+    """Detect QR heads on the model as it will be shipped (its PEAR coefficients applied) and add them (to a new
+    record when `record` is None)."""
+    from headpatch.pear.scaling import scaled_heads
+    from headpatch.qrhead.detect import detect_heads
+    from headpatch.qrhead.metadata import qrhead_part
     from headpatch.qrhead.prompt import uses_chat_template
 
-    k = default_k(loaded.model) if k is None else k
-    check_k(loaded, k)
     layout = head_layout(loaded.model.config)
-    coefficients = coefficients_of(record) if record.get("pear", {}).get("coefficients") else {}
+    coefficients = record.coefficients() if record is not None and record.trained else {}
     with scaled_heads(loaded.model, layout, coefficients):
         result = detect_heads(loaded.model, loaded.tokenizer, examples, show_progress)
-    section = qrhead_metadata(
-        result, k, data_name, uses_chat_template(loaded.tokenizer), all_scores=True
-    )
-    return {**record, "qrhead": section}
+    part = qrhead_part(result, k, data_name, uses_chat_template(loaded.tokenizer))
+    return record_for(loaded, qrhead=part) if record is None else dataclasses.replace(record, qrhead=part)
 
 
 def export_step(
-    loaded: LoadedModel, record: dict[str, Any], out: str | Path, overwrite: bool = False, show_progress: bool = True
+    loaded: LoadedModel, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True
 ) -> Path:
     """Fold the record over the source checkpoint's files (stored dtype and shards kept) and write the export."""
+    from headpatch.io.export import stream_export
+    from headpatch.io.hub import checkpoint_dir
+
     return stream_export(checkpoint_dir(loaded.source), record, out, overwrite, show_progress)
+
+
+def _save_ia3(layout: HeadLayout, base_model: str, record: PatchRecord, directory: Path | None,
+              say: Say) -> None:
+    if directory is None:
+        return
+    from headpatch.pear.ia3 import save_ia3_adapter
+
+    save_ia3_adapter(layout, record.coefficients(), directory, base_model)
+    say(f"wrote IA3 adapter to {directory}", err=True)
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    """What an export run wrote."""
+
+    output: Path
+    record: PatchRecord
+
+
+def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say) -> Path:
+    """The no-model-load path: fold a trained patch over the source's safetensors files."""
+    from transformers import AutoConfig
+
+    from headpatch.io.export import stream_export
+    from headpatch.io.hub import checkpoint_dir
+    from headpatch.loading import resolve_source
+
+    source = resolve_source(job.model, job.revision)
+    directory = checkpoint_dir(source)
+    out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show)
+    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.base_model, record, job.ia3, say)
+    return out
+
+
+def _computed_record(job: ExportJob, loaded: LoadedModel, record: PatchRecord | None, qr_examples: Any,
+                     show: bool) -> PatchRecord:
+    """Locate (or take the given heads), train, and detect QR heads, as the job asks."""
+    k = qr_k(loaded, job.qrhead.k) if qr_examples is not None else None  # before location, not after it
+    if record is None:
+        if job.heads is not None:
+            record = heads_record(loaded, job.heads)
+        else:
+            record = locate_step(loaded, job.locate, show_progress=show)
+        record = train_step(loaded, record, job.train, show_progress=show)
+    if qr_examples is not None:
+        record = qrhead_step(loaded, record, *qr_examples, k, show_progress=show)
+    return record
+
+
+def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
+    """Run one export job: locate, train, detect, fold, then evaluate and push as asked. `say` gets progress lines."""
+    from headpatch.io.atomic import check_output_dir
+    from headpatch.io.files import read_record
+    from headpatch.io.hub import PushOptions, push_folder
+    from headpatch.loading import load_model
+    from headpatch.qrhead.data import detection_examples
+
+    if job.model is None:
+        raise HeadpatchError("give the MODEL to patch, or a --recipe that names it")
+    if job.export.output is None:
+        raise HeadpatchError("give the output directory with -o")
+    show = not job.quiet
+    check_output_dir(job.export.output, job.export.overwrite)
+    push = job.export.push_to_hub
+    record = read_record(job.patch) if job.patch is not None else None
+    qr_examples = None  # read before any model work, so bad data fails fast
+    if job.qrhead.data is not None:
+        data = None if job.qrhead.data == "builtin" else Path(job.qrhead.data)
+        qr_examples = detection_examples(data, None, seed=job.seed)
+    if record is not None and qr_examples is None:
+        out = _fold_patch(job, record, show, say)
+    else:
+        loaded = load_model(job.model, job.dtype, job.device, job.revision)
+        record = _computed_record(job, loaded, record, qr_examples, show)
+        _save_ia3(head_layout(loaded.model.config), loaded.source.base_model, record, job.ia3, say)
+        out = export_step(loaded, record, job.export.output, job.export.overwrite, show)
+    say(f"exported {len(record.coefficients())} patched heads -> {out}")
+    if job.export.eval is not None:
+        _evaluate_export(out, job, show, say)
+    if push:
+        options = PushOptions(push, job.export.private, job.export.push_revision, job.export.commit_message)
+        say(f"pushed {out} to {push}: {push_folder(out, options)}")
+    return ExportOutcome(out, record)
+
+
+def _evaluate_export(out: Path, job: ExportJob, show: bool, say: Say) -> None:
+    """Evaluate the export against its source; the report goes into OUT/eval/ and its table into the model card."""
+    from headpatch.evaluation import run_eval, summary_markdown, write_report
+    from headpatch.io.export import add_to_card
+
+    if job.revision is not None:
+        say("--eval compares with the source at its default revision", err=True)
+    results = run_eval(str(out), job.model, quick=job.export.eval == "quick", seed=job.seed, dtype=job.dtype,
+                       device=job.device, show_progress=show)
+    report = write_report(results, out / "eval")
+    add_to_card(out, "## Evaluation\n\n" + summary_markdown(results) + "\nFull report, figures and every number: "
+                "[eval/report.md](eval/report.md).\n")
+    say(f"evaluation report -> {report}")

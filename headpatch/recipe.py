@@ -7,9 +7,6 @@ estimated without downloading anything.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,25 +17,18 @@ import yaml
 from headpatch.architectures import HeadLayout, head_layout, supported_model_types
 from headpatch.errors import HeadpatchError
 from headpatch.heads import check_heads, parse_heads
-from headpatch.loading import DTYPES
-from headpatch.pear.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions
+from headpatch.options import (BUILTIN_DATA, DTYPE_NAMES, ExportJob, ExportOptions, LocateOptions, QRHeadOptions,
+                               TrainOptions)
 from headpatch.pear.memory import LAYER_TRAITS, ModelShape
-from headpatch.pear.train import TrainOptions
-
-BUILTIN_DATA = "builtin"
-_LOCATE = LocateOptions()
-_TRAIN = TrainOptions()
-
-
-def _choices(values: typing.Iterable[str]) -> dict[str, tuple[str, ...]]:
-    return {"choices": tuple(values)}
+from headpatch.record import check_k
+from headpatch.typed import build, choices
 
 
 @dataclass(frozen=True)
 class Architecture:
     """Facts from the model's config.json: enough to build its config offline and to size each step."""
 
-    model_type: str = field(metadata=_choices(supported_model_types()))
+    model_type: str = field(metadata=choices(supported_model_types()))
     num_hidden_layers: int = field(metadata={"minimum": 1})
     num_attention_heads: int = field(metadata={"minimum": 1})
     num_key_value_heads: int = field(metadata={"minimum": 1})
@@ -69,41 +59,10 @@ class Architecture:
 
 
 @dataclass(frozen=True)
-class PearSettings:
-    """PEAR location: which (samples, n) settings, which ablation, how many heads; or the published heads."""
+class PearSettings(LocateOptions):
+    """PEAR location as a recipe states it: the location options, or the published heads instead."""
 
-    k: int = field(default=10, metadata={"minimum": 1})
-    settings: tuple[tuple[int, int], ...] = _LOCATE.settings
-    mean_vector: str = field(default=_LOCATE.mean_vector, metadata=_choices(MEAN_VECTORS))
-    propagation: str = field(default=_LOCATE.propagation, metadata=_choices(PROPAGATIONS))
     use_published_heads: bool = False  # train published.pear_heads instead of locating
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Coefficient training."""
-
-    steps: int = _TRAIN.steps
-    batch_size: int = _TRAIN.batch_size
-    n: int = _TRAIN.n
-    lr: float = _TRAIN.lr
-    warmup_steps: int = field(default=_TRAIN.warmup_steps, metadata={"minimum": 0})
-
-
-@dataclass(frozen=True)
-class QRHeadSettings:
-    """QRHead detection: `data` is "builtin", a QRHead JSON/JSONL file, or None to skip it."""
-
-    data: str | None = None
-    k: int | None = field(default=None, metadata={"minimum": 1})  # None: 16, or 32 for models of 10B+
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    """Where the export goes besides the output directory."""
-
-    push_to_hub: str | None = None  # Hub repo id
-    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,14 +89,25 @@ class Recipe:
     model: str  # Hub id, local directory, .gguf file or demo alias
     architecture: Architecture
     revision: str | None = None
-    dtype: str = field(default="float32", metadata=_choices(DTYPES))
+    dtype: str = field(default="float32", metadata=choices(DTYPE_NAMES))
     device: str = "cpu"  # a torch device, or "auto" for accelerate's placement
     seed: int = 0  # proxy sequences of location and training, and the built-in QRHead set
     pear: PearSettings = PearSettings()
-    train: TrainSettings = TrainSettings()
-    qrhead: QRHeadSettings = QRHeadSettings()
-    export: ExportSettings = ExportSettings()
+    train: TrainOptions = TrainOptions()
+    qrhead: QRHeadOptions = QRHeadOptions()
+    export: ExportOptions = ExportOptions()
     published: Published = Published()
+
+    def job(self) -> ExportJob:
+        """The export this recipe describes (the recipe's seed drives location, training and the built-in data)."""
+        published = self.published.pear_heads
+        heads = ",".join(published.heads) if self.pear.use_published_heads and published else None
+        locate = LocateOptions(**{spec.name: getattr(self.pear, spec.name) for spec in dataclasses.fields(LocateOptions)})
+        return ExportJob(
+            model=self.model, revision=self.revision, dtype=self.dtype, device=self.device, seed=self.seed,
+            heads=heads, locate=dataclasses.replace(locate, seed=self.seed),
+            train=dataclasses.replace(self.train, seed=self.seed), qrhead=self.qrhead, export=self.export,
+        )
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -176,92 +146,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _describe(hint: Any) -> str:
-    """How an expected type reads in an error message."""
-    if dataclasses.is_dataclass(hint):
-        return "a mapping of keys"
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType):
-        return " or ".join(_describe(arg) for arg in args if arg is not type(None)) + " or null"
-    if typing.get_origin(hint) is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
-        return f"[{', '.join(_describe(arg).removeprefix('a ').removeprefix('an ') for arg in args)}] pair"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[hint]
-
-
-def _wrong_type(key: str, hint: Any, value: Any) -> HeadpatchError:
-    return HeadpatchError(f"{key} must be {_describe(hint)}, got {value!r}")
-
-
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    """`value` checked against the type hint (converted where YAML gives another form of the same thing)."""
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if isinstance(hint, types.UnionType):
-        if value is None:
-            return None
-        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if dataclasses.is_dataclass(inner):  # its own errors name the exact key
-            return _build(inner, value, key)
-        try:
-            return _convert(inner, value, key)
-        except HeadpatchError:
-            raise _wrong_type(key, hint, value) from None
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        fixed = not (len(args) == 2 and args[1] is Ellipsis)
-        if not isinstance(value, list) or (fixed and len(value) != len(args)):
-            raise _wrong_type(key, hint, value)
-        try:
-            return tuple(_convert(args[i] if fixed else args[0], item, key) for i, item in enumerate(value))
-        except HeadpatchError:
-            raise _wrong_type(key, hint, value) from None
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1, which PyYAML reads, takes 5e-3 (no dot) for a string
-            return float(value)
-        except ValueError:
-            raise _wrong_type(key, hint, value) from None
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise _wrong_type(key, hint, value)
-    return value
-
-
-def _check_value(spec: dataclasses.Field, value: Any, key: str) -> None:
-    choices = spec.metadata.get("choices")
-    if choices is not None and value not in choices:
-        raise HeadpatchError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-    minimum = spec.metadata.get("minimum")
-    if minimum is not None and value is not None and value < minimum:
-        raise HeadpatchError(f"{key} must be at least {minimum}, got {value!r}")
-
-
-def _build(cls: type, data: Any, section: str) -> Any:
-    """An instance of dataclass `cls` from a YAML mapping, refusing unknown and missing keys."""
-    if not isinstance(data, dict):
-        raise HeadpatchError(f"{section or 'the recipe'} must be a mapping of keys, got {data!r}")
-    specs = {spec.name: spec for spec in dataclasses.fields(cls)}
-    where = f"in section '{section}'" if section else "at the top level"
-    for key in data:
-        if key not in specs:
-            close = difflib.get_close_matches(str(key), specs, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(specs)}"
-            raise HeadpatchError(f"unknown key '{key}' {where}{hint}")
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name, spec in specs.items():
-        key = f"{section}.{name}" if section else name
-        if name not in data:
-            if spec.default is dataclasses.MISSING:
-                raise HeadpatchError(f"missing key '{name}' {where}")
-            continue
-        values[name] = _convert(hints[name], data[name], key)
-        _check_value(spec, values[name], key)
-    return cls(**values)
-
-
 def recipe_layout(recipe: Recipe) -> HeadLayout:
     """The head geometry the recipe's architecture facts describe."""
     return head_layout(recipe.architecture.config())
@@ -272,12 +156,6 @@ def _check_architecture(facts: Architecture) -> HeadLayout:
         raise HeadpatchError(f"architecture.num_attention_heads ({facts.num_attention_heads}) is not a multiple of "
                              f"num_key_value_heads ({facts.num_key_value_heads})")
     return head_layout(facts.config())
-
-
-def check_k(key: str, k: int | None, layout: HeadLayout) -> None:
-    """Raise unless K (None: the default) is between 1 and the number of heads."""
-    if k is not None and not 1 <= k <= layout.total_heads:
-        raise HeadpatchError(f"{key}={k} is out of range: the architecture has {layout.total_heads} heads")
 
 
 def _check_published(published: Published, layout: HeadLayout) -> None:
@@ -317,18 +195,9 @@ def _checked(recipe: Recipe, folder: Path) -> Recipe:
     """Cross-field checks; returns the recipe with its data path resolved."""
     layout = _check_architecture(recipe.architecture)
     _check_device(recipe.device)
-    check_k("pear.k", recipe.pear.k, layout)
-    check_k("qrhead.k", recipe.qrhead.k, layout)
-    # the options classes hold the value rules (n >= 2, positive learning rate, ...); reuse them
-    try:
-        LocateOptions(recipe.pear.settings, recipe.pear.mean_vector, recipe.pear.propagation, recipe.seed)
-    except HeadpatchError as exc:
-        raise HeadpatchError(f"pear.settings: {exc}") from None
-    try:
-        TrainOptions(steps=recipe.train.steps, batch_size=recipe.train.batch_size, n=recipe.train.n,
-                     lr=recipe.train.lr, warmup_steps=recipe.train.warmup_steps, seed=recipe.seed)
-    except HeadpatchError as exc:
-        raise HeadpatchError(f"train: {exc}") from None
+    check_k(recipe.pear.k, layout.total_heads, "pear.k", "the architecture")
+    if recipe.qrhead.k is not None:
+        check_k(recipe.qrhead.k, layout.total_heads, "qrhead.k", "the architecture")
     _check_published(recipe.published, layout)
     if recipe.pear.use_published_heads and recipe.published.pear_heads is None:
         raise HeadpatchError("pear.use_published_heads is true but the recipe has no published.pear_heads")
@@ -341,48 +210,6 @@ def load_recipe(path: str | Path) -> Recipe:
     path = Path(path)
     data = _read_yaml(path)
     try:
-        return _checked(_build(Recipe, data, ""), path.resolve().parent)
+        return _checked(build(Recipe, data, "", yaml_numbers=True), path.resolve().parent)
     except HeadpatchError as exc:
         raise HeadpatchError(f"{path}: {exc}") from None
-
-
-def settings_text(settings: typing.Iterable[tuple[int, int]]) -> str:
-    """Location settings in the CLI's form, e.g. "20x50,40x25"."""
-    return ",".join(f"{samples}x{n}" for samples, n in settings)
-
-
-def parse_settings(text: str) -> tuple[tuple[int, int], ...]:
-    """Location settings from the CLI's form "20x50,40x25"."""
-    try:
-        pairs = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())
-    except ValueError:
-        pairs = ()
-    if not pairs or any(len(pair) != 2 for pair in pairs):
-        raise HeadpatchError(f"malformed settings {text!r}; expected e.g. 20x50,40x25")
-    return pairs  # type: ignore[return-value]
-
-
-def export_values(recipe: Recipe) -> dict[str, Any]:
-    """The recipe as keyword values of `headpatch export`, keyed by its parameter names."""
-    published = recipe.published.pear_heads
-    return {
-        "model": recipe.model,
-        "revision": recipe.revision,
-        "dtype": recipe.dtype,
-        "device": recipe.device,
-        "seed": recipe.seed,
-        "k": recipe.pear.k,
-        "settings": settings_text(recipe.pear.settings),
-        "mean_vector": recipe.pear.mean_vector,
-        "propagation": recipe.pear.propagation,
-        "heads": ",".join(published.heads) if recipe.pear.use_published_heads and published else None,
-        "steps": recipe.train.steps,
-        "batch_size": recipe.train.batch_size,
-        "n": recipe.train.n,
-        "lr": recipe.train.lr,
-        "warmup": recipe.train.warmup_steps,
-        "qrhead_data": recipe.qrhead.data,
-        "qrhead_k": recipe.qrhead.k,
-        "push_to_hub": recipe.export.push_to_hub,
-        "private": recipe.export.private,
-    }

@@ -1,148 +1,292 @@
-"""The patch record: one JSON document that every step reads, extends and writes."""
+"""The patch record: what was patched and found, and how. Every step reads and extends it; exports carry it.
+
+The record is the contract between the steps (`heads.json`, `patch.json`), the export (`headpatch.json` and
+`config.json` under `headpatch`) and every reader (card, inspect, verify, retriever). Its JSON form is these
+dataclasses field by field, in declaration order, with unset (None) fields left out; every rule about a valid record
+lives here. Compute modules never build records: the pipeline turns their results into these parts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
-from headpatch._version import __version__
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head, check_heads, format_head, parse_head, parse_heads
-from headpatch.io.atomic import write_text_atomic
-from headpatch.pear.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions, LocateResult
-from headpatch.pear.train import TrainOptions, TrainResult
+from headpatch.heads import Head, check_heads, format_head, parse_head
+from headpatch.typed import build, to_plain
 
 FORMAT_VERSION = 1
+_POSITIVE = {"minimum": 1}
 
 
-def new_record(source: str, base_model: str, layout: HeadLayout) -> dict[str, Any]:
-    """An empty record naming the model it belongs to."""
-    return {
-        "format_version": FORMAT_VERSION,
-        "headpatch_version": __version__,
-        "source": source,
-        "base_model": base_model,
-        "architecture": layout.to_dict(),
-    }
+def check_k(k: int, total_heads: int, name: str = "K", holder: str = "the model") -> None:
+    """Raise unless 1 <= K <= the number of heads `holder` has."""
+    if not 1 <= k <= total_heads:
+        raise HeadpatchError(f"{name}={k} is out of range: {holder} has {total_heads} heads")
 
 
-def with_location(record: dict[str, Any], result: LocateResult, options: LocateOptions, k: int) -> dict[str, Any]:
-    """Add the located suppression heads (top-K by Δπ) and the score of every head."""
-    total = result.scores.numel()
-    if not 1 <= k <= total:
-        raise HeadpatchError(f"K={k} is out of range: the model has {total} heads")
-    ranked = result.ranked()
-    scores = {format_head(head): round(float(result.scores[head]), 6) for head in ranked}
-    location = {
-        "method": "PEAR mean ablation, delta_pi = logit_ablated / logit_clean - 1 of the copied token",
-        "settings": [list(pair) for pair in options.settings],
-        "mean_vector": options.mean_vector,
-        "mean_vector_meaning": MEAN_VECTORS[options.mean_vector],
-        "propagation": options.propagation,
-        "propagation_meaning": PROPAGATIONS[options.propagation],
-        "seed": options.seed,
-        "special_tokens_excluded": True,
-        "k": k,
-        "seconds": round(result.seconds, 2),
-        "scores": scores,
-    }
-    pear = {"heads": [format_head(head) for head in ranked[:k]], "location": location}
-    return {**record, "pear": pear}
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """The head geometry a record was made for; a record never applies to a model of another geometry."""
+
+    model_type: str
+    num_layers: int = field(metadata=_POSITIVE)
+    num_heads: int = field(metadata=_POSITIVE)
+    head_dim: int = field(metadata=_POSITIVE)
+
+    @classmethod
+    def of(cls, layout: HeadLayout) -> Architecture:
+        """The record form of a model's layout."""
+        return cls(model_type=layout.model_type, num_layers=layout.num_layers, num_heads=layout.num_heads,
+                   head_dim=layout.head_dim)
+
+    @property
+    def total_heads(self) -> int:
+        """Number of (layer, head) pairs."""
+        return self.num_layers * self.num_heads
 
 
-def with_training(record: dict[str, Any], result: TrainResult, options: TrainOptions) -> dict[str, Any]:
-    """Add learned coefficients and the held-out figures before and after."""
-    training = {
-        **asdict(options),
-        "optimizer": "AdamW, no weight decay, linear schedule with warm-up",
-        "loss": "next-token cross-entropy on the copyable second half of proxy sequences",
-        "coefficient_dtype": "float32",
-        "seconds": round(result.seconds, 2),
-        "train_loss_first": round(result.losses[0], 6),
-        "train_loss_last": round(result.losses[-1], 6),
-        "heldout_before": _evaluation(result.before),
-        "heldout_after": _evaluation(result.after),
-    }
-    coefficients = {format_head(head): round(value, 8) for head, value in result.coefficients.items()}
-    return {**record, "pear": {**record["pear"], "coefficients": coefficients, "training": training}}
+@dataclass(frozen=True, kw_only=True)
+class CopyFigures:
+    """Held-out copy-task figures: loss at the training length, accuracy per length (keys are lengths as text)."""
+
+    loss: float
+    copy_accuracy: dict[str, float]
 
 
-def _evaluation(evaluation: Any) -> dict[str, Any]:
-    return {"loss": round(evaluation.loss, 6), "copy_accuracy": {str(n): round(a, 4) for n, a in evaluation.accuracy.items()}}
+@dataclass(frozen=True, kw_only=True)
+class Location:
+    """How the PEAR heads were chosen: located (every field set) or given by the user (method and k only)."""
+
+    method: str
+    settings: tuple[tuple[int, int], ...] | None = None
+    mean_vector: str | None = None
+    mean_vector_meaning: str | None = None
+    propagation: str | None = None
+    propagation_meaning: str | None = None
+    seed: int | None = None
+    special_tokens_excluded: bool | None = None
+    k: int = field(metadata=_POSITIVE)
+    seconds: float | None = None
+    scores: dict[str, float] | None = None  # Δπ of every head, strongest suppressor first
 
 
-def with_top_k(record: dict[str, Any], k: int) -> dict[str, Any]:
-    """Re-pick the top K heads from the scores a location step recorded (no re-location needed)."""
-    scores = record.get("pear", {}).get("location", {}).get("scores")
-    if not scores:
-        raise HeadpatchError("the record holds no location scores to choose K heads from; run `headpatch locate`")
-    if not 1 <= k <= len(scores):
-        raise HeadpatchError(f"K={k} is out of range: the model has {len(scores)} heads")
-    ranked = sorted(scores, key=lambda head: scores[head], reverse=True)
-    location = {**record["pear"]["location"], "k": k}
-    return {**record, "pear": {"heads": ranked[:k], "location": location}}
+@dataclass(frozen=True, kw_only=True)
+class Training:
+    """The training settings, what they optimised, and the held-out figures before and after."""
+
+    steps: int
+    batch_size: int
+    n: int
+    lr: float
+    warmup_steps: int
+    seed: int
+    eval_lengths: tuple[int, ...]
+    eval_samples: int
+    optimizer: str
+    loss: str
+    coefficient_dtype: str
+    seconds: float
+    train_loss_first: float
+    train_loss_last: float
+    heldout_before: CopyFigures
+    heldout_after: CopyFigures
 
 
-def located_heads(record: dict[str, Any]) -> list[Head]:
-    """The PEAR heads of a record, in rank order."""
+@dataclass(frozen=True, kw_only=True)
+class Pear:
+    """The suppression heads in rank order, how they were found, and (once trained) one coefficient per head."""
+
+    heads: tuple[str, ...]
+    location: Location
+    coefficients: dict[str, float] | None = None
+    training: Training | None = None
+
+    def head_ids(self) -> list[Head]:
+        """The heads as (layer, head) pairs, in rank order."""
+        return [parse_head(head) for head in self.heads]
+
+    def coefficient_map(self) -> dict[Head, float]:
+        """The learned coefficients keyed by (layer, head); a record that was not trained has none to fold."""
+        if self.coefficients is None:
+            raise HeadpatchError("the record holds no coefficients; run `headpatch train` first")
+        return {parse_head(head): value for head, value in self.coefficients.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Detection:
+    """How the QR heads were detected."""
+
+    method: str
+    data: str
+    examples: int
+    k: int = field(metadata=_POSITIVE)
+    calibration: str
+    mask: str
+    prompt_layout: dict[str, str]
+    seconds: float
+    headpatch_version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class QRHeads:
+    """The query-focused retrieval heads in rank order, their scores, and how they were detected."""
+
+    heads: tuple[str, ...]
+    scores: dict[str, float]
+    detection: Detection
+
+    def head_ids(self) -> list[Head]:
+        """The heads as (layer, head) pairs, in rank order."""
+        return [parse_head(head) for head in self.heads]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchRecord:
+    """One model's patch: which model, its head geometry, the PEAR heads and coefficients, the QR heads."""
+
+    format_version: int = FORMAT_VERSION
+    headpatch_version: str
+    source: str  # what the user named: Hub id, directory, .gguf file or demo alias
+    base_model: str  # the Hub id of the base model where known
+    architecture: Architecture
+    pear: Pear | None = None
+    qrhead: QRHeads | None = None
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    @classmethod
+    def from_json(cls, data: Any, name: str = "the record") -> PatchRecord:
+        """A checked record from parsed JSON; any problem is one HeadpatchError line naming `name` and the key."""
+        if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+            raise HeadpatchError(f"{name} is not a headpatch record (format_version {FORMAT_VERSION})")
+        try:
+            return build(cls, data, "")
+        except HeadpatchError as exc:
+            raise HeadpatchError(f"{name}: {exc}") from None
+
+    @classmethod
+    def from_text(cls, text: str, name: str = "the record") -> PatchRecord:
+        """A checked record from JSON text (duplicate keys and NaN/Infinity refused)."""
+        try:
+            data = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError) as exc:
+            raise HeadpatchError(f"cannot read {name}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        return cls.from_json(data, name)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form: fields in declaration order, unset fields left out."""
+        return to_plain(self)
+
+    def to_text(self) -> str:
+        """The JSON text every record file holds."""
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    def config_metadata(self) -> dict[str, Any]:
+        """The record as stored under `headpatch` in config.json: per-head scores of unselected heads left out."""
+        pear, qrhead = self.pear, self.qrhead
+        if pear is not None and pear.location.scores is not None:
+            kept = {head: pear.location.scores[head] for head in pear.heads}
+            pear = dataclasses.replace(pear, location=dataclasses.replace(pear.location, scores=kept))
+        if qrhead is not None:
+            qrhead = dataclasses.replace(qrhead, scores={head: qrhead.scores[head] for head in qrhead.heads})
+        return dataclasses.replace(self, pear=pear, qrhead=qrhead).to_json()
+
+    def with_top_k(self, k: int) -> PatchRecord:
+        """Re-pick the top K PEAR heads from the recorded location scores (no re-location, no coefficients)."""
+        scores = self.pear.location.scores if self.pear is not None else None
+        if not scores:
+            raise HeadpatchError("the record holds no location scores to choose K heads from; run `headpatch locate`")
+        check_k(k, len(scores))
+        ranked = sorted(scores, key=lambda head: scores[head], reverse=True)
+        location = dataclasses.replace(self.pear.location, k=k)
+        return dataclasses.replace(self, pear=Pear(heads=tuple(ranked[:k]), location=location))
+
+    def pear_heads(self) -> list[Head]:
+        """The PEAR heads in rank order, or a clear error for a record without them."""
+        if self.pear is None:
+            raise HeadpatchError("the record holds no PEAR heads; run `headpatch locate` first")
+        return self.pear.head_ids()
+
+    @property
+    def trained(self) -> bool:
+        """Whether the record holds PEAR coefficients to fold."""
+        return self.pear is not None and self.pear.coefficients is not None
+
+    def coefficients(self) -> dict[Head, float]:
+        """The coefficients to fold, keyed by head; a record that holds none is an error."""
+        if self.pear is None:
+            raise HeadpatchError("the record holds no coefficients; run `headpatch train` first")
+        return self.pear.coefficient_map()
+
+    def check_fits(self, layout: HeadLayout) -> None:
+        """Raise if the record was made for a model with another head geometry."""
+        if self.architecture != Architecture.of(layout):
+            raise HeadpatchError(f"the patch was made for another model: {to_plain(self.architecture)} does not "
+                                 f"match {to_plain(Architecture.of(layout))}")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"key {duplicate!r} appears twice")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _canonical_heads(heads: tuple[str, ...] | list[str], architecture: Architecture, key: str) -> list[Head]:
+    parsed = []
+    for text in heads:
+        head = parse_head(text)
+        if format_head(head) != text:
+            raise HeadpatchError(f"{key}: head id {text!r} is not canonical; write {format_head(head)!r}")
+        parsed.append(head)
+    if len(set(parsed)) != len(parsed):
+        raise HeadpatchError(f"{key}: duplicate head ids")
     try:
-        return parse_heads(record["pear"]["heads"])
-    except KeyError as exc:
-        raise HeadpatchError("the record holds no PEAR heads; run `headpatch locate` first") from exc
+        check_heads(parsed, architecture)
+    except HeadpatchError as exc:
+        raise HeadpatchError(f"{key}: {exc}") from None
+    return parsed
 
 
-def coefficients_of(record: dict[str, Any]) -> dict[Head, float]:
-    """The learned coefficients of a record, keyed by head."""
-    try:
-        raw = record["pear"]["coefficients"]
-    except KeyError as exc:
-        raise HeadpatchError("the record holds no coefficients; run `headpatch train` first") from exc
-    coefficients = {}
-    for key, value in raw.items():
-        if not isinstance(value, (int, float)):
-            raise HeadpatchError(f"coefficient of head {key} is not a number: {value!r}")
-        coefficients[parse_head(key)] = float(value)
-    return coefficients
-
-
-def check_fits(record: dict[str, Any], layout: HeadLayout) -> None:
-    """Raise if a record was made for a model with another head geometry, or names heads outside it."""
-    recorded = record.get("architecture")
-    if recorded is not None and recorded != layout.to_dict():
-        raise HeadpatchError(f"the patch was made for another model: {recorded} does not match {layout.to_dict()}")
-    pear = record.get("pear", {})
-    check_heads(parse_heads(pear.get("heads", [])), layout)
-    check_heads(parse_heads(list(pear.get("coefficients", {}))), layout)
-
-
-def config_metadata(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as stored under `headpatch` in config.json: per-head scores of unselected heads left out."""
-    metadata = json.loads(json.dumps(record))
-    location = metadata.get("pear", {}).get("location")
-    if location and "scores" in location:
-        location["scores"] = {head: location["scores"][head] for head in metadata["pear"]["heads"]}
-    qrhead = metadata.get("qrhead")
-    if qrhead and "scores" in qrhead:
-        qrhead["scores"] = {head: qrhead["scores"][head] for head in qrhead["heads"]}
-    return metadata
-
-
-def read_record(path: str | Path) -> dict[str, Any]:
-    """Read a record, with a one-line error for a missing or malformed file."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise HeadpatchError(f"{path} does not exist") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HeadpatchError(f"cannot read {path}: {exc}") from exc
-    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
-        raise HeadpatchError(f"{path} is not a headpatch record (format_version {FORMAT_VERSION})")
-    return record
-
-
-def write_record(record: dict[str, Any], path: str | Path) -> Path:
-    """Write a record atomically (temporary file, then rename)."""
-    return write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+def _check(record: PatchRecord) -> None:
+    """Every rule a record obeys beyond its field types."""
+    if record.format_version != FORMAT_VERSION:
+        raise HeadpatchError(f"format_version must be {FORMAT_VERSION}, got {record.format_version!r}")
+    architecture = record.architecture
+    if record.pear is None and record.qrhead is None:
+        raise HeadpatchError("the record holds neither PEAR heads nor QR heads")
+    if record.pear is not None:
+        pear = record.pear
+        if not pear.heads:
+            raise HeadpatchError("pear.heads is empty: a patch needs at least one head")
+        _canonical_heads(pear.heads, architecture, "pear.heads")
+        if pear.location.k != len(pear.heads):
+            raise HeadpatchError(f"pear.location.k is {pear.location.k} but pear.heads lists {len(pear.heads)}")
+        check_k(pear.location.k, architecture.total_heads, "pear.location.k")
+        if pear.location.scores is not None:
+            _canonical_heads(tuple(pear.location.scores), architecture, "pear.location.scores")
+        if pear.coefficients is not None and set(pear.coefficients) != set(pear.heads):
+            raise HeadpatchError("pear.coefficients must name exactly the heads of pear.heads")
+        if pear.training is not None and pear.coefficients is None:
+            raise HeadpatchError("pear.training is recorded without pear.coefficients")
+    if record.qrhead is not None:
+        qrhead = record.qrhead
+        if not qrhead.heads:
+            raise HeadpatchError("qrhead.heads is empty")
+        _canonical_heads(qrhead.heads, architecture, "qrhead.heads")
+        _canonical_heads(tuple(qrhead.scores), architecture, "qrhead.scores")
+        if qrhead.detection.k != len(qrhead.heads):
+            raise HeadpatchError(f"qrhead.detection.k is {qrhead.detection.k} but qrhead.heads lists "
+                                 f"{len(qrhead.heads)}")
+        if not set(qrhead.heads) <= set(qrhead.scores):
+            raise HeadpatchError("qrhead.scores must score every head of qrhead.heads")

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from headpatch.architectures import HeadLayout, o_proj_modules
-from headpatch.pear.locate import LocateOptions, clean_run
+from headpatch.options import LocateOptions
+from headpatch.pear.locate import clean_run
 from headpatch.pear.proxy import CopyBatch
 
 

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import headpatch.evaluation.run as evaluation_run
 from headpatch.cli import app
-from headpatch.record import write_record
+from headpatch.io.files import write_record
 from tests.test_eval_run import TINY_SETTINGS, _save
 from tests.test_stream import make_record
 

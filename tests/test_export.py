@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -52,11 +53,16 @@ print(json.dumps({"diff": diff, "log": log.getvalue(), "meta_keys": sorted(meta)
 """
 
 
+def _trained(record, coefficients: dict[str, float]):
+    """The record with these coefficients, as a training step would leave it."""
+    return dataclasses.replace(record, pear=dataclasses.replace(record.pear, coefficients=coefficients))
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, smollm2_dir):
     loaded = load_model("smollm2-135m")
-    record = given_heads_record(loaded, [tuple(map(int, h.split("-"))) for h in COEFFICIENTS])
-    record["pear"]["coefficients"] = dict(COEFFICIENTS)
+    record = _trained(given_heads_record(loaded, [tuple(map(int, h.split("-"))) for h in COEFFICIENTS]),
+                      dict(COEFFICIENTS))
     out = tmp_path_factory.mktemp("export") / "smollm2-pear"
     export_step(loaded, record, out)
     return out
@@ -118,8 +124,8 @@ def _tiny_export(tmp_path, model_type, dtype, coefficients):
     source = tmp_path / "base"
     model.save_pretrained(source)
     loaded = load_model(str(source), dtype="auto")
-    record = given_heads_record(loaded, list(coefficients))
-    record["pear"]["coefficients"] = {f"{l}-{h}": c for (l, h), c in coefficients.items()}
+    record = _trained(given_heads_record(loaded, list(coefficients)),
+                      {f"{l}-{h}": c for (l, h), c in coefficients.items()})
     return source, export_step(loaded, record, tmp_path / "out")
 
 
@@ -183,8 +189,7 @@ def test_export_writes_the_stored_dtype_even_after_float32_training(tmp_path):
     tiny_model("llama").to(torch.bfloat16).save_pretrained(tmp_path / "base")
     loaded = load_model(str(tmp_path / "base"), dtype="float32")
     assert loaded.model.dtype == torch.float32
-    record = given_heads_record(loaded, [(1, 1)])
-    record["pear"]["coefficients"] = {"1-1": 0.75}
+    record = _trained(given_heads_record(loaded, [(1, 1)]), {"1-1": 0.75})
     out = export_step(loaded, record, tmp_path / "out")
     tensors = load_file(out / "model.safetensors")
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from headpatch.cli import app
 from headpatch.errors import HeadpatchError
 from headpatch.io.hub import PushOptions, push_folder
-from headpatch.record import write_record
-from tests.conftest import run_cli
+from headpatch.io.files import write_record
+from tests.conftest import invoke
 from tests.test_stream import COEFFICIENTS, make_record, make_source
 
 SECRET = "hf_headpatch_test_secret_token"
@@ -183,17 +183,17 @@ def test_hub_id_sources_and_inspect_work_offline_from_the_cache(tmp_path):
     _fake_cache(tmp_path / "hub", "tiny-org/tiny-llama", source)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     patch = write_record(make_record(model.config, COEFFICIENTS), tmp_path / "patch.json")
-    result = run_cli("export", "tiny-org/tiny-llama", "--patch", str(patch), "-o", str(tmp_path / "out"), "-q", env=env)
-    assert result.returncode == 0, result.stderr
+    result = invoke("export", "tiny-org/tiny-llama", "--patch", str(patch), "-o", str(tmp_path / "out"), "-q", env=env)
+    assert result.exit_code == 0, result.stderr
     shards = sorted(p.name for p in source.glob("*.safetensors"))
     assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == shards
     assert not any(p.is_symlink() for p in (tmp_path / "out").rglob("*"))  # real files, not links into the cache
     _fake_cache(tmp_path / "hub", "tiny-org/tiny-llama-pear", tmp_path / "out")
-    shown = run_cli("inspect", "tiny-org/tiny-llama-pear", env=env)
-    assert shown.returncode == 0, shown.stderr
+    shown = invoke("inspect", "tiny-org/tiny-llama-pear", env=env)
+    assert shown.exit_code == 0, shown.stderr
     assert "0-1  coefficient 0.700000" in shown.stdout and "2-3  coefficient 0.000000" in shown.stdout
-    missing = run_cli("export", "tiny-org/absent", "--patch", str(patch), "-o", str(tmp_path / "o2"), env=env)
-    assert missing.returncode == 2 and "cannot fetch tiny-org/absent from the Hub" in missing.stderr
+    missing = invoke("export", "tiny-org/absent", "--patch", str(patch), "-o", str(tmp_path / "o2"), env=env)
+    assert missing.exit_code == 2 and "cannot fetch tiny-org/absent from the Hub" in missing.stderr
     assert not (tmp_path / "o2").exists()
 
 
@@ -222,8 +222,8 @@ def test_verify_passes_an_honest_export_and_catches_tampering(exported, tmp_path
         tensors[name] = tensors[name].clone()
         tensors[name][0, -1] += 1e-3
         save_file(tensors, shard, metadata={"format": "pt"})
-    missing = run_cli("verify", str(tmp_path / "absent"), "--base", str(source), "-q")
-    assert missing.returncode == 2 and missing.stderr.startswith("headpatch: error: cannot read")
+    missing = invoke("verify", str(tmp_path / "absent"), "--base", str(source), "-q")
+    assert missing.exit_code == 2 and missing.stderr.startswith("headpatch: error: cannot read")
     bad = runner.invoke(app, ["verify", str(tampered_dir), "--base", str(source), "-q"])
     assert bad.exit_code == 1
     assert "UNEXPECTED model.layers.1.mlp.down_proj.weight: changed, but the patch does not touch it" in bad.output

@@ -3,7 +3,8 @@ import torch
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.pear.locate import MEAN_VECTORS, PROPAGATIONS, LocateOptions, clean_run, head_effects, locate_heads
+from headpatch.options import MEAN_VECTORS, PROPAGATIONS, LocateOptions
+from headpatch.pear.locate import clean_run, head_effects, locate_heads
 from headpatch.pear.proxy import copy_batch, sampleable_ids, special_prefix
 from tests.oracle import naive_head_effects
 from tests.test_architectures import REQUIRED

@@ -14,11 +14,12 @@ from transformers import AutoModelForCausalLM
 
 from headpatch.architectures import head_layout
 from headpatch.loading import load_model
-from headpatch.pear.locate import LocateOptions, locate_heads
+from headpatch.options import LocateOptions, TrainOptions
+from headpatch.pear.locate import locate_heads
 from headpatch.pear.memory import LAYER_TRAITS, ModelShape, activation_bytes_per_token_layer, gigabytes, step_memory
 from headpatch.pear.proxy import copy_batch, copy_loss, sampleable_ids
 from headpatch.pear.scaling import HeadScaling
-from headpatch.pear.train import TrainOptions, train_coefficients
+from headpatch.pear.train import train_coefficients
 from headpatch.qrhead import builtin_examples, detect_heads
 from headpatch.runtime import input_device
 from tests.tiny import tiny_model

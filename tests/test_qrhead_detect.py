@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from headpatch import __version__
 from headpatch.errors import HeadpatchError
-from headpatch.qrhead import builtin_examples, default_k, detect_heads, qrhead_metadata, read_yaml, write_examples
-from headpatch.qrhead.cli import app as qrhead_app
+from headpatch.qrhead import builtin_examples, default_k, detect_heads, qrhead_part, read_yaml, write_examples
+from headpatch.cli.qrhead import app as qrhead_app
 from headpatch.qrhead.detect import document_head_scores
 from tests.tiny import tiny_model
 
@@ -43,18 +43,17 @@ def test_metadata_and_default_k(tiny_lm):
     model, tokenizer = tiny_lm
     result = detect_heads(model, tokenizer, builtin_examples(2, 2))
     assert default_k(model) == 12  # 16 by the paper's rule, capped at the 12 heads the model has
-    meta = qrhead_metadata(result, 4, "mine.json", chat_template=True)
+    part = qrhead_part(result, 4, "mine.json", chat_template=True)
     ranked = [f"{l}-{h}" for l, h in result.ranked()]
-    assert meta["heads"] == ranked[:4] and list(meta["scores"]) == ranked[:4]
-    assert meta["scores"][ranked[0]] == round(float(result.scores.max()), 6)
-    detection = meta["detection"]
-    assert detection["data"] == "mine.json" and detection["examples"] == 2 and detection["k"] == 4
-    assert detection["headpatch_version"] == __version__
-    assert "N/A" in detection["calibration"] and "mean - 2 std" in detection["mask"]
-    assert detection["prompt_layout"]["turn_markers"] == "chat template"
-    assert len(qrhead_metadata(result, 4, "x", True, all_scores=True)["scores"]) == 12
+    assert list(part.heads) == ranked[:4] and list(part.scores) == ranked  # every head's score, rank order
+    assert part.scores[ranked[0]] == round(float(result.scores.max()), 6)
+    detection = part.detection
+    assert detection.data == "mine.json" and detection.examples == 2 and detection.k == 4
+    assert detection.headpatch_version == __version__
+    assert "N/A" in detection.calibration and "mean - 2 std" in detection.mask
+    assert detection.prompt_layout["turn_markers"] == "chat template"
     with pytest.raises(HeadpatchError, match="out of range"):
-        qrhead_metadata(result, 13, "x", True)
+        qrhead_part(result, 13, "x", True)
     with pytest.raises(HeadpatchError, match="no detection examples"):
         detect_heads(model, tokenizer, [])
 

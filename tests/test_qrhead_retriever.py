@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from headpatch.errors import HeadpatchError
 from headpatch.loading import LoadedModel
 from headpatch.qrhead import QRRetriever, builtin_examples, detect_heads, write_yaml
-from headpatch.qrhead.cli import rerank
+from headpatch.cli.qrhead import rerank
 from tests.tiny import tiny_model
 
 DOCS = ["The cat sat on the mat.", {"title": "Dogs", "text": "Dogs bark at night."},

@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-import typer
 import yaml
 from transformers import AutoModelForCausalLM
 
-from headpatch import cli
 from headpatch.errors import HeadpatchError
 from headpatch.plan import format_plan
-from headpatch.recipe import Recipe, export_values, load_recipe, parse_settings, recipe_layout, settings_text
+from headpatch.cli.pear import export
+from headpatch.options import EXPORT_FLAGS, ExportJob, parse_settings, settings_text, with_flags
+from headpatch.recipe import Recipe, load_recipe, recipe_layout
+from headpatch.typed import file_fields
 
 RECIPES_DIR = Path(__file__).parent.parent / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
@@ -55,12 +56,12 @@ def _minimal(**extra: typing.Any) -> dict:
 
 
 def _export_defaults() -> dict[str, typing.Any]:
-    """Default of every option of `headpatch export`, read from the command's signature."""
+    """Default of every job option of `headpatch export`, read from the command's signature."""
     defaults = {}
-    for name, parameter in inspect.signature(cli.export).parameters.items():
-        info = parameter.default
-        if isinstance(info, (typer.models.OptionInfo, typer.models.ArgumentInfo)):
-            defaults[name] = info.default
+    for name, parameter in inspect.signature(export).parameters.items():
+        if name in EXPORT_FLAGS and parameter.default not in (inspect.Parameter.empty, ...):
+            defaults[name] = parameter.default
+    defaults["settings"] = parse_settings(defaults["settings"])
     return defaults
 
 
@@ -97,19 +98,18 @@ def test_published_pear_heads_of_llama_2():
     assert "2409.19745" in published.pear_heads.source
 
 
+def test_cli_defaults_are_the_option_defaults():
+    assert with_flags(ExportJob(), _export_defaults()) == ExportJob()
+
+
 def test_smollm2_recipe_is_the_readme_demo():
-    values = export_values(load_recipe(RECIPES_DIR / "smollm2-135m-instruct.yaml"))
-    defaults = _export_defaults()
-    assert values.pop("model") == "smollm2-135m"
-    assert set(values) <= set(defaults), "every recipe value must be an option of `headpatch export`"
-    assert values == {name: defaults[name] for name in values}
+    job = load_recipe(RECIPES_DIR / "smollm2-135m-instruct.yaml").job()
+    assert job == with_flags(ExportJob(), {**_export_defaults(), "model": "smollm2-135m"})
 
 
 def test_defaults_of_an_empty_recipe_are_the_cli_defaults(tmp_path):
-    values = export_values(load_recipe(_write(tmp_path, _minimal())))
-    defaults = _export_defaults()
-    del values["model"]
-    assert values == {name: defaults[name] for name in values}
+    job = load_recipe(_write(tmp_path, _minimal())).job()
+    assert job == with_flags(ExportJob(), {**_export_defaults(), "model": "some/model"})
 
 
 def test_settings_round_trip():
@@ -122,16 +122,16 @@ def test_settings_round_trip():
 def test_published_heads_become_the_heads_option(tmp_path):
     published = {"pear_heads": {"heads": ["3-1", "0-7"], "source": "a paper"}}
     recipe = load_recipe(_write(tmp_path, _minimal(published=published, pear={"use_published_heads": True})))
-    assert export_values(recipe)["heads"] == "3-1,0-7"
+    assert recipe.job().heads == "3-1,0-7"
     recipe = load_recipe(_write(tmp_path, _minimal(published=published)))
-    assert export_values(recipe)["heads"] is None
+    assert recipe.job().heads is None
 
 
 def test_qrhead_data_path_is_read_from_the_recipe_folder(tmp_path):
     (tmp_path / "data.json").write_text("[]")
     recipe = load_recipe(_write(tmp_path, _minimal(qrhead={"data": "data.json", "k": 4})))
     assert recipe.qrhead.data == str((tmp_path / "data.json").resolve())
-    assert export_values(recipe)["qrhead_k"] == 4
+    assert recipe.job().qrhead.k == 4
 
 
 def test_numbers_yaml_reads_as_strings_are_accepted(tmp_path):
@@ -196,7 +196,7 @@ ERRORS = [  # (what is wrong, the recipe, the message it must get)
     ("k too large", _mutated("pear", "k", 33), r"pear\.k=33 is out of range: the architecture has 32 heads"),
     ("qrhead k too large", _mutated("qrhead", "k", 40), r"qrhead\.k=40 is out of range"),
     ("bad setting value", _mutated("pear", "settings", [[20, 1]]),
-     r"pear\.settings: setting \(20, 1\) needs .* n >= 2"),
+     r"pear: setting \(20, 1\) needs .* n >= 2"),
     ("bad training value", _mutated("train", "lr", -1), r"train: training needs .* positive learning rate"),
     ("published head outside", _mutated("published", "qrhead_heads", {"heads": ["3-7", "4-0"], "source": "x"}),
      r"published\.qrhead_heads\.heads: head 4-0 is outside the model \(4 layers x 8 heads, 0-indexed\)"),
@@ -240,7 +240,7 @@ def test_every_key_is_documented():
     def keys(cls: type, prefix: str) -> list[str]:
         found = []
         hints = typing.get_type_hints(cls)
-        for spec in dataclasses.fields(cls):
+        for spec in file_fields(cls).values():
             inner = [arg for arg in typing.get_args(hints[spec.name]) if dataclasses.is_dataclass(arg)]
             nested = hints[spec.name] if dataclasses.is_dataclass(hints[spec.name]) else (inner[0] if inner else None)
             name = prefix + spec.name
@@ -253,7 +253,7 @@ def test_every_key_is_documented():
 
 def _plan(path: Path, output: str = "out", **overrides: typing.Any) -> str:
     recipe = load_recipe(path)
-    return format_plan(recipe, {**export_values(recipe), **overrides}, output)
+    return format_plan(recipe, with_flags(recipe.job(), {"output": Path(output), **overrides}))
 
 
 def test_plan_of_the_demo_recipe():
@@ -261,7 +261,7 @@ def test_plan_of_the_demo_recipe():
     assert "smollm2-135m" in plan and "float32" in plan
     assert "score all 270 heads on settings 20x50, 40x25, 80x15, 100x10" in plan and "keep the top 10" in plan
     assert "60 steps of 20 sequences, n=50, AdamW lr 0.005, 2 warm-up steps" in plan
-    assert "-> ./smollm2-135m-pear" in plan
+    assert "-> smollm2-135m-pear" in plan
     assert "qrhead" not in plan and "push" not in plan
     memory = plan.split("memory per step")[1]
     assert [line.split()[0] for line in memory.splitlines()[1:]] == ["locate", "train", "export"]

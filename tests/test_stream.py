@@ -14,7 +14,8 @@ from headpatch.io.checkpoint import read_shard
 from headpatch.io.export import stream_export
 from headpatch.io.stream import disk_tensor_name
 from headpatch.pear.fold import fold_model
-from headpatch.record import new_record
+from headpatch.record import Architecture, PatchRecord
+from headpatch.typed import to_plain
 from tests.conftest import run_fresh
 from tests.tiny import tiny_model
 
@@ -29,12 +30,19 @@ def make_source(tmp_path: Path, model_type: str, dtype: torch.dtype, sharded: bo
     return source, model
 
 
-def make_record(config, coefficients: dict[tuple[int, int], float]) -> dict:
-    """A trained-patch record for a model with this config, with the given coefficients."""
-    record = new_record("tiny", "tiny/base", head_layout(config))
+def record_json(config, coefficients: dict[tuple[int, int], float]) -> dict:
+    """The JSON of a trained-patch record for a model with this config, with the given coefficients."""
     heads = [f"{layer}-{head}" for layer, head in coefficients]
     values = {f"{layer}-{head}": value for (layer, head), value in coefficients.items()}
-    return {**record, "pear": {"heads": heads, "location": {"k": len(heads)}, "coefficients": values}}
+    return {"format_version": 1, "headpatch_version": "test", "source": "tiny", "base_model": "tiny/base",
+            "architecture": to_plain(Architecture.of(head_layout(config))),
+            "pear": {"heads": heads, "location": {"method": "given by the user", "k": len(heads)},
+                     "coefficients": values}}
+
+
+def make_record(config, coefficients: dict[tuple[int, int], float]) -> PatchRecord:
+    """A trained-patch record for a model with this config, with the given coefficients."""
+    return PatchRecord.from_json(record_json(config, coefficients))
 
 
 def tree_bytes(directory: Path) -> dict[str, bytes]:
@@ -200,10 +208,13 @@ def test_bad_patches_and_outputs_are_refused_before_writing(tmp_path):
     other = make_record(tiny_model("llama", num_attention_heads=8, head_dim=8).config, {(0, 7): 0.5})
     with pytest.raises(HeadpatchError, match="another model"):
         stream_export(source, other, tmp_path / "out", show_progress=False)
-    out_of_range = make_record(model.config, {(0, 0): 0.5})
+    out_of_range = record_json(model.config, {(0, 0): 0.5})
     out_of_range["pear"]["coefficients"] = {"5-0": 0.5}
+    with pytest.raises(HeadpatchError, match="pear.coefficients must name exactly the heads"):
+        PatchRecord.from_json(out_of_range)
+    out_of_range["pear"]["heads"] = ["5-0"]
     with pytest.raises(HeadpatchError, match="5-0"):
-        stream_export(source, out_of_range, tmp_path / "out", show_progress=False)
+        PatchRecord.from_json(out_of_range)
     with pytest.raises(HeadpatchError, match="overlaps the source"):
         stream_export(source, make_record(model.config, {(0, 0): 0.5}), source / "inside", show_progress=False)
     assert _untouched(tmp_path, source) == before

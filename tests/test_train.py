@@ -2,7 +2,8 @@ import torch
 
 from headpatch.architectures import head_layout
 from headpatch.pear.scaling import HeadScaling
-from headpatch.pear.train import TrainOptions, train_coefficients
+from headpatch.options import TrainOptions
+from headpatch.pear.train import train_coefficients
 from tests.tiny import tiny_model
 
 QUICK = TrainOptions(steps=20, batch_size=8, n=8, lr=5e-2, eval_lengths=(8, 16), eval_samples=16)

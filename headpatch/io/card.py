@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from huggingface_hub import ModelCard, ModelCardData
 
+from headpatch.record import Pear, PatchRecord, QRHeads
 
-def _pear_section(pear: dict[str, Any]) -> list[str]:
-    coefficients = pear.get("coefficients", {})
-    scores = pear.get("location", {}).get("scores", {})
+
+def _pear_section(pear: Pear | None) -> list[str]:
+    coefficients = pear.coefficients or {} if pear is not None else {}
+    scores = pear.location.scores or {} if pear is not None else {}
     lines = [
         "## What was changed",
         "",
@@ -27,41 +27,42 @@ def _pear_section(pear: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _figures_section(pear: dict[str, Any]) -> list[str]:
-    training = pear.get("training")
-    if not training:
+def _figures_section(pear: Pear | None) -> list[str]:
+    training = pear.training if pear is not None else None
+    if training is None:
         return []
-    before, after = training["heldout_before"], training["heldout_after"]
+    before, after = training.heldout_before, training.heldout_after
     lines = [
         "## Measured figures",
         "",
         "Held-out random-token copy task (sequences never used for location or training):",
         "",
-        "| | loss | " + " | ".join(f"copy acc. n={n}" for n in before["copy_accuracy"]) + " |",
-        "|---|---|" + "---|" * len(before["copy_accuracy"]),
+        "| | loss | " + " | ".join(f"copy acc. n={n}" for n in before.copy_accuracy) + " |",
+        "|---|---|" + "---|" * len(before.copy_accuracy),
     ]
     for label, figures in (("base", before), ("patched", after)):
-        accuracy = " | ".join(f"{value:.3f}" for value in figures["copy_accuracy"].values())
-        lines.append(f"| {label} | {figures['loss']:.4f} | {accuracy} |")
-    location = pear.get("location", {})
+        accuracy = " | ".join(f"{value:.3f}" for value in figures.copy_accuracy.values())
+        lines.append(f"| {label} | {figures.loss:.4f} | {accuracy} |")
+    location = pear.location
+    settings = [list(pair) for pair in location.settings] if location.settings is not None else None
     lines += [
         "",
-        f"Location: settings (samples, n) {location.get('settings')}, mean vector `{location.get('mean_vector')}`, "
-        f"propagation `{location.get('propagation')}`, K={location.get('k')}. Training: {training['steps']} steps of "
-        f"{training['batch_size']} sequences, n={training['n']}, AdamW lr {training['lr']}.",
+        f"Location: settings (samples, n) {settings}, mean vector `{location.mean_vector}`, "
+        f"propagation `{location.propagation}`, K={location.k}. Training: {training.steps} steps of "
+        f"{training.batch_size} sequences, n={training.n}, AdamW lr {training.lr}.",
     ]
     return lines
 
 
-def _qrhead_section(qrhead: dict[str, Any], repo_hint: str) -> list[str]:
-    if not qrhead:
+def _qrhead_section(qrhead: QRHeads | None, repo_hint: str) -> list[str]:
+    if qrhead is None:
         return []
-    detection = qrhead.get("detection", {})
+    detection = qrhead.detection
     return [
         "## Query-focused retrieval heads",
         "",
-        f"QRHead ([arXiv 2506.09944](https://arxiv.org/abs/2506.09944)) heads detected on {detection.get('data')} "
-        f"({detection.get('examples')} examples), in rank order: `{','.join(qrhead['heads'])}`. "
+        f"QRHead ([arXiv 2506.09944](https://arxiv.org/abs/2506.09944)) heads detected on {detection.data} "
+        f"({detection.examples} examples), in rank order: `{','.join(qrhead.heads)}`. "
         "Their attention from a query to each passage scores the passage, so the checkpoint reranks with itself:",
         "",
         "```python",
@@ -73,20 +74,20 @@ def _qrhead_section(qrhead: dict[str, Any], repo_hint: str) -> list[str]:
     ]
 
 
-def render_card(record: dict[str, Any], repo_hint: str = "path/to/this/checkpoint") -> str:
+def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint") -> str:
     """The README.md of an exported checkpoint."""
     data = ModelCardData(
-        base_model=record["base_model"] if "/" in record["base_model"] else None,
+        base_model=record.base_model if "/" in record.base_model else None,
         base_model_relation="finetune",
         library_name="transformers",
         pipeline_tag="text-generation",
-        tags=["headpatch", "pear", *(["qrhead"] if record.get("qrhead") else [])],
+        tags=["headpatch", "pear", *(["qrhead"] if record.qrhead is not None else [])],
     )
-    pear = record.get("pear", {})
+    pear = record.pear
     body = [
-        f"# {record['base_model']} with PEAR head re-weighting",
+        f"# {record.base_model} with PEAR head re-weighting",
         "",
-        f"Made with headpatch {record['headpatch_version']} from `{record['source']}`. An ordinary transformers "
+        f"Made with headpatch {record.headpatch_version} from `{record.source}`. An ordinary transformers "
         "checkpoint: no custom code, no peft, no headpatch needed to use it.",
         "",
         *_pear_section(pear),
@@ -102,7 +103,7 @@ def render_card(record: dict[str, Any], repo_hint: str = "path/to/this/checkpoin
         "",
         *_figures_section(pear),
         "",
-        *_qrhead_section(record.get("qrhead", {}), repo_hint),
+        *_qrhead_section(record.qrhead, repo_hint),
         "The full record (heads, coefficients, settings, results) is in `config.json` under the key `headpatch`.",
         "",
     ]

@@ -16,29 +16,30 @@ from headpatch.io.card import render_card
 from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS
 from headpatch.io.stream import plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
-from headpatch.record import check_fits, coefficients_of, config_metadata, write_record
+from headpatch.io.files import write_record
+from headpatch.record import PatchRecord
 
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
 
 
-def _write_card_and_record(staging: Path, record: dict[str, Any], out: Path) -> None:
-    (staging / "README.md").write_text(render_card(record, out.name))
+def _write_card_and_record(staging: Path, record: PatchRecord, out: Path) -> None:
+    (staging / "README.md").write_text(render_card(record, out.name), encoding="utf-8")
     write_record(record, staging / "headpatch.json")
 
 
 def export_checkpoint(
-    model: Any, tokenizer: Any, record: dict[str, Any], out: str | Path, overwrite: bool = False,
+    model: Any, tokenizer: Any, record: PatchRecord, out: str | Path, overwrite: bool = False,
     source_dir: str | Path | None = None,
 ) -> Path:
     """Fold the record's coefficients into a loaded `model` (in place) and save it with metadata and a model card."""
     out = Path(out).resolve()
     check_output_dir(out, overwrite, Path(source_dir) if source_dir else None)
     layout = head_layout(model.config)
-    check_fits(record, layout)
-    coefficients = coefficients_of(record)
+    record.check_fits(layout)
+    coefficients = record.coefficients()
     with staged_output(out) as staging:
         fold_model(model, layout, coefficients)
-        model.config.headpatch = config_metadata(record)
+        model.config.headpatch = record.config_metadata()
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
@@ -64,11 +65,11 @@ def carried_files(source: Path) -> Iterator[tuple[Path, str]]:
 def add_to_card(out: Path, section: str) -> None:
     """Append a markdown section to an export's model card, replacing the file atomically."""
     card = out / "README.md"
-    write_text_atomic(card, card.read_text().rstrip("\n") + "\n\n" + section)
+    write_text_atomic(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + section)
 
 
 def stream_export(
-    source: str | Path, record: dict[str, Any], out: str | Path, overwrite: bool = False, show_progress: bool = True
+    source: str | Path, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True
 ) -> Path:
     """Fold the record straight over the source's safetensors files into a new checkpoint directory."""
     from transformers import AutoConfig
@@ -80,8 +81,8 @@ def stream_export(
     except (OSError, ValueError) as exc:
         raise HeadpatchError(f"cannot read the config of {source}: {str(exc).splitlines()[0]}") from exc
     layout = head_layout(config)
-    check_fits(record, layout)
-    plan = plan_fold(source, layout, coefficients_of(record))
+    record.check_fits(layout)
+    plan = plan_fold(source, layout, record.coefficients())
     with staged_output(out) as staging:
         for path, relative in carried_files(source):
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -89,8 +90,8 @@ def stream_export(
         if plan.index is not None:
             shutil.copyfile(source / plan.index, staging / plan.index)
         write_folded_shards(plan, layout, staging, show_progress)
-        raw_config = json.loads((source / "config.json").read_text())
-        raw_config["headpatch"] = config_metadata(record)
-        (staging / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n")
+        raw_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        raw_config["headpatch"] = record.config_metadata()
+        (staging / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n", encoding="utf-8")
         _write_card_and_record(staging, record, out)
     return out

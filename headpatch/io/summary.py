@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from headpatch.errors import HeadpatchError
+from headpatch.record import PatchRecord
 
 
 def metadata_of(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -15,31 +16,37 @@ def metadata_of(config: dict[str, Any], name: str) -> dict[str, Any]:
     return metadata
 
 
+def checkpoint_record(config: dict[str, Any], name: str) -> PatchRecord:
+    """The checked patch record a checkpoint's config.json carries."""
+    return PatchRecord.from_json(metadata_of(config, name), f"the headpatch metadata of {name}")
+
+
 def metadata_summary(config: dict[str, Any], name: str) -> str:
     """Model identity, PEAR heads with coefficients and Δπ, and QR heads, as plain text lines."""
-    metadata = metadata_of(config, name)
-    pear = metadata.get("pear", {})
-    location = pear.get("location", {})
+    record = checkpoint_record(config, name)
+    pear = record.pear
     lines = [
         f"checkpoint: {name}",
-        f"base model: {metadata.get('base_model')}  (made by headpatch {metadata.get('headpatch_version')}, "
-        f"record format {metadata.get('format_version')})",
-        f"architecture: {metadata.get('architecture')}",
-        f"PEAR: {len(pear.get('coefficients', {}))} patched heads; location: {location.get('method')}",
+        f"base model: {record.base_model}  (made by headpatch {record.headpatch_version}, "
+        f"record format {record.format_version})",
+        f"architecture: {record.to_json()['architecture']}",
     ]
-    scores = location.get("scores", {})
-    for head, value in pear.get("coefficients", {}).items():
-        score = f"  delta_pi {scores[head]:+.4f}" if head in scores else ""
-        lines.append(f"  {head:>7}  coefficient {value:.6f}{score}")
-    training = pear.get("training")
-    if training:
-        before, after = training["heldout_before"]["loss"], training["heldout_after"]["loss"]
-        lines.append(f"  held-out copy loss {before} -> {after}")
-    qrhead = metadata.get("qrhead")
-    if qrhead:
-        detection = qrhead.get("detection", {})
-        lines.append(f"QRHead: {len(qrhead.get('heads', []))} retrieval heads: {', '.join(qrhead.get('heads', []))}")
-        lines.append(f"  detected on {detection.get('data')} ({detection.get('examples')} examples)")
+    if pear is None:
+        lines.append("PEAR: none")
+    else:
+        coefficients = pear.coefficients or {}
+        lines.append(f"PEAR: {len(coefficients)} patched heads; location: {pear.location.method}")
+        scores = pear.location.scores or {}
+        for head, value in coefficients.items():
+            score = f"  delta_pi {scores[head]:+.4f}" if head in scores else ""
+            lines.append(f"  {head:>7}  coefficient {value:.6f}{score}")
+        if pear.training is not None:
+            lines.append(f"  held-out copy loss {pear.training.heldout_before.loss} -> "
+                         f"{pear.training.heldout_after.loss}")
+    if record.qrhead is not None:
+        detection = record.qrhead.detection
+        lines.append(f"QRHead: {len(record.qrhead.heads)} retrieval heads: {', '.join(record.qrhead.heads)}")
+        lines.append(f"  detected on {detection.data} ({detection.examples} examples)")
     else:
         lines.append("QRHead: none")
     return "\n".join(lines)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,9 +12,9 @@ from headpatch.architectures import HeadLayout, head_layout
 from headpatch.errors import HeadpatchError
 from headpatch.io.checkpoint import Shard, read_shards, read_tensor, weight_files
 from headpatch.io.stream import plan_fold
-from headpatch.io.summary import metadata_of
+from headpatch.io.files import read_json
+from headpatch.io.summary import checkpoint_record
 from headpatch.pear.fold import fold_weight
-from headpatch.record import coefficients_of
 
 _CHUNK = 16 * 1024 * 1024
 
@@ -61,12 +60,12 @@ def verify_export(out_dir: Path, base_dir: Path, show_progress: bool = True) -> 
     """Compare an export with its base: same names, shapes and dtypes; bytes equal except the recorded patch."""
     from transformers import AutoConfig
 
-    try:
-        config = json.loads((out_dir / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HeadpatchError(f"cannot read {out_dir / 'config.json'}: {exc}") from exc
+    config = read_json(out_dir / "config.json")
+    if not isinstance(config, dict):
+        raise HeadpatchError(f"{out_dir / 'config.json'} is not a JSON object")
+    record = checkpoint_record(config, str(out_dir))
     layout = head_layout(AutoConfig.from_pretrained(base_dir))
-    plan = plan_fold(base_dir, layout, coefficients_of(metadata_of(config, str(out_dir))))
+    plan = plan_fold(base_dir, layout, record.coefficients())
     heads_of = {tensor.name: tensor.heads for tensor in plan.patched}
     base_map, out_map = plan.weights, weight_files(out_dir)
     base_shards, out_shards = plan.shards, read_shards(out_dir, out_map)

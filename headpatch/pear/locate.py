@@ -15,40 +15,9 @@ from transformers import DynamicCache
 from headpatch.architectures import HeadLayout, o_proj_modules
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
+from headpatch.options import LocateOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
 from headpatch.runtime import cache_argument, input_device
-
-PAPER_SETTINGS: tuple[tuple[int, int], ...] = ((20, 50), (40, 25), (80, 15), (100, 10))
-
-MEAN_VECTORS = {
-    "batch": "mean of the head's output over the samples of the batch at the scored position (reference code)",
-    "sequence": "mean of the head's output over all positions of the same sample (paper text)",
-}
-PROPAGATIONS = {
-    "direct": "attention of later layers frozen at the scored position; only the residual path and MLPs carry "
-    "the change (path patching, reference code)",
-    "total": "later layers recomputed normally (total effect)",
-}
-
-
-@dataclass(frozen=True)
-class LocateOptions:
-    """How heads are scored; defaults follow the PEAR reference code."""
-
-    settings: tuple[tuple[int, int], ...] = PAPER_SETTINGS  # (samples, n) pairs
-    mean_vector: str = "batch"
-    propagation: str = "direct"
-    seed: int = 0
-    max_rows: int = 1024  # sequences recomputed in one batch (samples x heads of a layer)
-
-    def __post_init__(self) -> None:
-        if self.mean_vector not in MEAN_VECTORS:
-            raise HeadpatchError(f"unknown mean vector {self.mean_vector!r}; choose from {', '.join(MEAN_VECTORS)}")
-        if self.propagation not in PROPAGATIONS:
-            raise HeadpatchError(f"unknown propagation {self.propagation!r}; choose from {', '.join(PROPAGATIONS)}")
-        for samples, n in self.settings:
-            if samples < 1 or n < 2:
-                raise HeadpatchError(f"setting ({samples}, {n}) needs at least 1 sample and n >= 2")
 
 
 @dataclass

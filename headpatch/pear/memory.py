@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headpatch.errors import HeadpatchError
-from headpatch.pear.locate import LocateOptions
-from headpatch.pear.train import TrainOptions
+from headpatch.options import LocateOptions, TrainOptions
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto" keeps the checkpoint's, 16-bit for most
 DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300)

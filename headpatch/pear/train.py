@@ -12,27 +12,10 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
+from headpatch.options import TrainOptions
 from headpatch.pear.proxy import copy_accuracy, copy_batch, copy_loss, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
 from headpatch.runtime import input_device
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """Coefficient training settings; defaults are the PEAR reference hyper-parameters."""
-
-    steps: int = 60
-    batch_size: int = 20
-    n: int = 50
-    lr: float = 5e-3
-    warmup_steps: int = 2
-    seed: int = 0
-    eval_lengths: tuple[int, ...] = (25, 50, 100, 200)
-    eval_samples: int = 20
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.n < 2 or self.lr <= 0:
-            raise HeadpatchError("training needs steps >= 1, batch size >= 1, n >= 2 and a positive learning rate")
 
 
 @dataclass

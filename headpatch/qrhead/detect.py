@@ -11,14 +11,12 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
+from headpatch.options import QRHeadOptions
 from headpatch.heads import Head, ranked_heads
 from headpatch.qrhead.data import Example
 from headpatch.qrhead.prompt import prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
 from headpatch.runtime import context_limit
-
-LARGE_MODEL_PARAMETERS = 10_000_000_000
-
 
 @dataclass
 class DetectionResult:
@@ -35,8 +33,8 @@ class DetectionResult:
 
 def default_k(model: Any) -> int:
     """The paper's K: 16 heads for models under 10B parameters, 32 above (never more than the model has)."""
-    k = 16 if sum(p.numel() for p in model.parameters()) < LARGE_MODEL_PARAMETERS else 32
-    return min(k, head_layout(model.config).total_heads)
+    parameters = sum(p.numel() for p in model.parameters())
+    return QRHeadOptions().resolved_k(parameters, head_layout(model.config).total_heads)
 
 
 def all_heads(model: Any) -> list[Head]:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from headpatch._version import __version__
-from headpatch.errors import HeadpatchError
 from headpatch.heads import format_head
 from headpatch.qrhead.detect import DetectionResult
 from headpatch.qrhead.prompt import LAYOUT
+from headpatch.record import Detection, QRHeads, check_k
 
 METHOD = (
     "QRHead (arXiv 2506.09944): attention from the query span to each document's tokens, summed over document tokens,"
@@ -18,26 +16,15 @@ CALIBRATION = "minus the same attention with the query replaced by 'N/A' (shared
 MASK = "per document, tokens whose calibrated score is <= mean - 2 std are zeroed before summing"
 
 
-def qrhead_metadata(
-    result: DetectionResult, k: int, data: str, chat_template: bool, all_scores: bool = False
-) -> dict[str, Any]:
-    """The `headpatch.qrhead` section: top-K heads in rank order with their scores (every head's if `all_scores`)."""
+def qrhead_part(result: DetectionResult, k: int, data: str, chat_template: bool) -> QRHeads:
+    """The record's QR heads: the top K in rank order, every head's score, and how they were detected."""
     ranked = result.ranked()
-    if not 1 <= k <= len(ranked):
-        raise HeadpatchError(f"K={k} is out of range: the model has {len(ranked)} heads")
-    scored = ranked if all_scores else ranked[:k]
-    return {
-        "heads": [format_head(head) for head in ranked[:k]],
-        "scores": {format_head(head): round(float(result.scores[head]), 6) for head in scored},
-        "detection": {
-            "method": METHOD,
-            "data": data,
-            "examples": result.examples,
-            "k": k,
-            "calibration": CALIBRATION,
-            "mask": MASK,
-            "prompt_layout": {**LAYOUT, "turn_markers": "chat template" if chat_template else "plain text"},
-            "seconds": round(result.seconds, 2),
-            "headpatch_version": __version__,
-        },
-    }
+    check_k(k, len(ranked))
+    detection = Detection(
+        method=METHOD, data=data, examples=result.examples, k=k, calibration=CALIBRATION, mask=MASK,
+        prompt_layout={**LAYOUT, "turn_markers": "chat template" if chat_template else "plain text"},
+        seconds=round(result.seconds, 2), headpatch_version=__version__,
+    )
+    return QRHeads(heads=tuple(format_head(head) for head in ranked[:k]),
+                   scores={format_head(head): round(float(result.scores[head]), 6) for head in ranked},
+                   detection=detection)

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
+from headpatch.record import PatchRecord
 from headpatch.heads import Head, check_heads, parse_head, parse_heads
 from headpatch.loading import LoadedModel, load_model
 from headpatch.qrhead.data import Document
@@ -54,6 +55,15 @@ def _resolve_heads(model: Any, heads: str | Sequence[str | Head] | None) -> list
     return resolved
 
 
+def shipped_qr_heads(config: Any) -> tuple[str, ...]:
+    """The QR heads a checkpoint's config ships under `headpatch.qrhead.heads`; empty when it ships none."""
+    section = getattr(config, "headpatch", None)
+    if section is None:
+        return ()
+    record = PatchRecord.from_json(section, "the headpatch metadata in config.json")
+    return record.qrhead.heads if record.qrhead is not None else ()
+
+
 class QRRetriever:
     """Scores documents for a query by the calibrated attention of selected heads (QRHead; all heads = ICR)."""
 
@@ -71,8 +81,7 @@ class QRRetriever:
                         truncate: bool = False) -> QRRetriever:
         """Load a checkpoint whose config.json holds `headpatch.qrhead.heads` (written by `headpatch export`)."""
         loaded = load_model(str(path), dtype, device)
-        section = getattr(loaded.model.config, "headpatch", None)
-        heads = section.get("qrhead", {}).get("heads") if isinstance(section, dict) else None
+        heads = shipped_qr_heads(loaded.model.config)
         if not heads:
             raise HeadpatchError(
                 f"{path} has no QR heads in config.json (headpatch.qrhead.heads); run `headpatch qrhead detect` "

@@ -8,76 +8,51 @@ from typing import Any, Optional
 
 import typer
 
-from headpatch.console import progress_enabled
+from headpatch.cli import flags
+from headpatch.cli.console import progress_enabled
 from headpatch.errors import HeadpatchError
+from headpatch.qrhead.data import BUILTIN_DOCS, BUILTIN_EXAMPLES
 
 app = typer.Typer(name="qrhead", help="Query-focused retrieval heads (QRHead): detect them, rerank with them.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-BUILTIN_EXAMPLES = 64
-BUILTIN_DOCS = 10
-
-
-def detection_examples(data: Optional[Path], examples: Optional[int], docs_per_example: int, seed: int) -> tuple[list[Any], str]:
-    """The detection examples and the name they are recorded under."""
-    from headpatch.qrhead.builtin import builtin_examples
-    from headpatch.qrhead.data import read_examples
-
-    if examples is not None and examples < 1:
-        raise HeadpatchError("--examples must be at least 1")
-    if data is None:
-        count = examples or BUILTIN_EXAMPLES
-        name = f"built-in Paul Graham passages with a planted fact (split detect, seed {seed}, {docs_per_example} docs)"
-        return builtin_examples(count, docs_per_example, "detect", seed), name
-    loaded = read_examples(data)
-    return (loaded[:examples] if examples else loaded), data.name
-
 
 @app.command()
 def detect(
-    model: str = typer.Argument(..., help="Hub id, local checkpoint directory, .gguf file, or smollm2-135m."),
-    output: Path = typer.Option(..., "-o", "--output", help="where to write qrheads.json."),
+    model: flags.Model,
+    output: flags.Output,
     data: Optional[Path] = typer.Option(None, help="labelled examples, QRHead JSON or JSONL; default: built-in set."),
     k: Optional[int] = typer.Option(None, "--k", help="heads to keep; default 16 (32 for models of 10B+)."),
     examples: Optional[int] = typer.Option(None, help=f"use this many examples (built-in default {BUILTIN_EXAMPLES})."),
     docs_per_example: int = typer.Option(BUILTIN_DOCS, help="passages per built-in example."),
-    seed: int = typer.Option(0, help="seed of the built-in set."),
+    seed: flags.Seed = 0,
     yaml_out: Optional[Path] = typer.Option(None, "--yaml", help="also write the heads as a public QRHead YAML file."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", "--device", "--device-map", help="torch device, or 'auto' (accelerate)."),
-    revision: Optional[str] = typer.Option(None, help="Hub revision."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars."),
+    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
+    quiet: flags.Quiet = False,
 ) -> None:
     """Score every head on labelled examples and keep the top K query-focused retrieval heads."""
-    from headpatch.architectures import head_layout
+    from headpatch.io.files import write_record
     from headpatch.loading import load_model
-    from headpatch.pipeline import check_k
-    from headpatch.qrhead.detect import default_k, detect_heads
-    from headpatch.qrhead.metadata import qrhead_metadata
-    from headpatch.qrhead.prompt import uses_chat_template
+    from headpatch.pipeline import qr_k, qrhead_step
+    from headpatch.qrhead.data import detection_examples
     from headpatch.qrhead.yamlio import write_yaml
-    from headpatch.record import new_record, write_record
 
     show = progress_enabled(quiet)
     chosen, name = detection_examples(data, examples, docs_per_example, seed)
     loaded = load_model(model, dtype, device, revision)
-    layout = head_layout(loaded.model.config)
-    k = default_k(loaded.model) if k is None else k
-    check_k(loaded, k)  # before the detection run, not after it
-    result = detect_heads(loaded.model, loaded.tokenizer, chosen, show_progress=show)
-    section = qrhead_metadata(result, k, name, uses_chat_template(loaded.tokenizer), all_scores=True)
-    write_record({**new_record(model, loaded.source.base_model, layout), "qrhead": section}, output)
+    k = qr_k(loaded, k)  # before the detection run, not after it
+    record = qrhead_step(loaded, None, chosen, name, k, show_progress=show)
+    write_record(record, output)
     if yaml_out is not None:
-        write_yaml(yaml_out, result.ranked()[: len(section["heads"])], loaded.source.base_model)
-    typer.echo(f"top {len(section['heads'])} QR heads: {', '.join(section['heads'])} -> {output}")
+        write_yaml(yaml_out, record.qrhead.head_ids(), loaded.source.base_model)
+    typer.echo(f"top {k} QR heads: {', '.join(record.qrhead.heads)} -> {output}")
 
 
 def _read_docs(path: Path) -> list[Any]:
     """Passages from JSONL: one JSON string, or an object with text/paragraph_text (title, id optional), per line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise HeadpatchError(f"cannot read {path}: {exc}") from exc
+    from headpatch.io.files import read_text
+
+    lines = read_text(path).splitlines()
     docs = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -97,9 +72,7 @@ def rerank(
     docs: Path = typer.Option(..., help="passages, JSONL: a string or {\"text\", \"title\"?, \"id\"?} per line."),
     top_k: int = typer.Option(5, "--top-k", help="how many passages to print."),
     truncate: bool = typer.Option(False, help="cut passages to fit the model's context instead of failing."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16, float16 or auto."),
-    device: str = typer.Option("cpu", "--device", "--device-map", help="torch device, or 'auto' (accelerate)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars."),
+    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", quiet: flags.Quiet = False,
 ) -> None:
     """Rank passages for a query with the checkpoint's own QR heads; prints rank, index, score and passage."""
     from headpatch.qrhead.retriever import QRRetriever, as_documents

@@ -1,0 +1,51 @@
+"""`headpatch` command line: a thin layer over headpatch.pipeline and the Python API.
+
+Every command turns its flags into the option records of headpatch.options, calls one API function and prints the
+result; a HeadpatchError becomes one `headpatch: error: ...` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from headpatch.cli import checkpoints, pear, qrhead
+from headpatch.errors import HeadpatchError
+from headpatch.evaluation.cli import eval_command
+
+app = typer.Typer(help="Make a causal LM read its context better and ship it as an ordinary checkpoint.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _print_versions(value: bool) -> None:
+    if value:
+        from headpatch._version import library_versions
+
+        for name, found in library_versions().items():
+            typer.echo(f"{name}: {found}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_versions,
+                                 help="print the versions of headpatch, Python and the libraries it runs on."),
+) -> None:
+    """Make a causal LM read its context better and ship it as an ordinary checkpoint."""
+
+
+for command in (pear.locate, pear.train, pear.export, checkpoints.push, checkpoints.inspect, checkpoints.verify):
+    app.command()(command)
+app.add_typer(qrhead.app, name="qrhead")
+app.command()(qrhead.rerank)
+app.command(name="eval")(eval_command)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except HeadpatchError as exc:
+        typer.echo(f"headpatch: error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,66 @@
+"""`headpatch push`, `inspect` and `verify`: commands on an exported checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headpatch.cli import flags
+from headpatch.cli.console import progress_enabled
+
+
+def push(
+    folder: Annotated[Path, typer.Argument(help="an exported checkpoint directory.", show_default=False)],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo to create or update, e.g. me/llama-pear.",
+                                           show_default=False)],
+    private: flags.Private = False,
+    revision: Annotated[Optional[str], typer.Option(help="branch to push to (created if needed).")] = None,
+    commit_message: flags.CommitMessage = None,
+) -> None:
+    """Publish an export to the Hub (the token comes from HF_TOKEN or `hf auth login`, never from a flag)."""
+    from headpatch.io.hub import PushOptions, push_folder
+
+    url = push_folder(folder, PushOptions(repo_id, private, revision, commit_message))
+    typer.echo(f"pushed {folder} to {repo_id}: {url}")
+
+
+def inspect(
+    checkpoint: Annotated[str, typer.Argument(
+        help="exported checkpoint directory or Hub id (only config.json is read).", show_default=False)],
+    revision: flags.Revision = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the raw headpatch metadata as JSON.")] = False,
+) -> None:
+    """Show the headpatch metadata of a checkpoint: heads, coefficients, QR heads."""
+    from headpatch.io.hub import read_config
+    from headpatch.io.summary import metadata_of, metadata_summary
+
+    config = read_config(checkpoint, revision)
+    if as_json:
+        typer.echo(json.dumps(metadata_of(config, checkpoint), indent=2))
+    else:
+        typer.echo(metadata_summary(config, checkpoint))
+
+
+def verify(
+    checkpoint: Annotated[Path, typer.Argument(help="exported checkpoint directory.", show_default=False)],
+    base: Annotated[str, typer.Option(help="the source checkpoint: directory, Hub id or demo alias.",
+                                      show_default=False)],
+    revision: flags.Revision = None, quiet: flags.Quiet = False,
+) -> None:
+    """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors.
+
+    Exit code 0: only the recorded patch differs; 1: unexpected differences (listed); 2: the inputs cannot be read."""
+    from headpatch.io.hub import checkpoint_dir
+    from headpatch.io.verify import verify_export
+    from headpatch.loading import resolve_source
+
+    result = verify_export(checkpoint, checkpoint_dir(resolve_source(base, revision)), progress_enabled(quiet))
+    for problem in result.problems:
+        typer.echo(f"UNEXPECTED {problem}")
+    typer.echo(f"{result.tensors} tensors compared, {len(result.patched)} patched as recorded, "
+               f"{len(result.problems)} unexpected differences")
+    if not result.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,39 @@
+"""Command-line options shared by the commands, each defined once; defaults come from headpatch.options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headpatch.options import DTYPE_NAMES, LocateOptions, TrainOptions
+
+LOCATE = LocateOptions()
+TRAIN = TrainOptions()
+
+Model = Annotated[str, typer.Argument(
+    help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m.", show_default=False)]
+Output = Annotated[Path, typer.Option("-o", "--output", help="where to write the result.", show_default=False)]
+Dtype = Annotated[str, typer.Option(help=f"dtype for locating, training and scoring: {', '.join(DTYPE_NAMES)}.")]
+Device = Annotated[str, typer.Option(
+    "--device", "--device-map", help="torch device, or 'auto' for accelerate's placement across GPUs and CPU memory.")]
+Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
+Seed = Annotated[int, typer.Option(help="seed of the proxy sequences (and of the built-in QRHead set).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
+Overwrite = Annotated[bool, typer.Option(help="replace the output of an earlier run of the same command.")]
+
+K = Annotated[int, typer.Option("--k", help="number of suppression heads to patch.")]
+Settings = Annotated[str, typer.Option(help="(samples)x(n) location settings, comma-separated.")]
+MeanVector = Annotated[str, typer.Option(help="mean vector: batch (reference code) or sequence (paper text).")]
+Propagation = Annotated[str, typer.Option(help="direct (path patching, reference code) or total effect.")]
+
+Steps = Annotated[int, typer.Option(help="training steps.")]
+BatchSize = Annotated[int, typer.Option(help="sequences per training step.")]
+N = Annotated[int, typer.Option("--n", help="length n of the random half of training sequences.")]
+Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
+WarmupSteps = Annotated[int, typer.Option("--warmup-steps", "--warmup", help="linear warm-up steps.")]
+Ia3 = Annotated[Optional[Path], typer.Option(help="also save the coefficients as a peft IA3 adapter here.")]
+
+Private = Annotated[bool, typer.Option(help="create the Hub repo as private.")]
+CommitMessage = Annotated[Optional[str], typer.Option(help="commit message of the upload.")]

@@ -1,0 +1,130 @@
+"""`headpatch locate`, `train` and `export`: PEAR step by step, or the whole job in one go."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headpatch.cli import flags
+from headpatch.cli.console import progress_enabled
+from headpatch.cli.flags import LOCATE, TRAIN
+from headpatch.errors import HeadpatchError
+from headpatch.options import ExportJob, LocateOptions, TrainOptions, parse_settings, settings_text, with_flags
+
+DEFAULT_SETTINGS = settings_text(LOCATE.settings)
+
+
+def locate(
+    model: flags.Model, output: flags.Output, k: flags.K = LOCATE.k, settings: flags.Settings = DEFAULT_SETTINGS,
+    mean_vector: flags.MeanVector = LOCATE.mean_vector, propagation: flags.Propagation = LOCATE.propagation,
+    seed: flags.Seed = LOCATE.seed, dtype: flags.Dtype = "float32", device: flags.Device = "cpu",
+    revision: flags.Revision = None, quiet: flags.Quiet = False,
+) -> None:
+    """Score every attention head with PEAR and keep the top K suppression heads."""
+    from headpatch.io.files import write_record
+    from headpatch.loading import load_model
+    from headpatch.pipeline import locate_step
+
+    show = progress_enabled(quiet)
+    options = LocateOptions(k, parse_settings(settings), mean_vector, propagation, seed)
+    record = locate_step(load_model(model, dtype, device, revision), options, show_progress=show)
+    write_record(record, output)
+    typer.echo(f"top {k} suppression heads: {', '.join(record.pear.heads)} -> {output}")
+
+
+def train(
+    model: flags.Model,
+    heads: Annotated[str, typer.Option(help="heads.json from `locate`, or a list such as '14-22,13-16'.",
+                                       show_default=False)],
+    output: flags.Output,
+    k: Annotated[Optional[int], typer.Option("--k", help="re-pick the top K from the located scores in --heads.")]
+    = None,
+    steps: flags.Steps = TRAIN.steps, batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
+    lr: flags.Lr = TRAIN.lr, warmup_steps: flags.WarmupSteps = TRAIN.warmup_steps, seed: flags.Seed = TRAIN.seed,
+    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
+    ia3: flags.Ia3 = None, quiet: flags.Quiet = False,
+) -> None:
+    """Learn one coefficient per head with the model frozen."""
+    from headpatch.architectures import head_layout
+    from headpatch.io.files import write_record
+    from headpatch.loading import load_model
+    from headpatch.pear.ia3 import save_ia3_adapter
+    from headpatch.pipeline import heads_record, train_step
+
+    show = progress_enabled(quiet)
+    options = TrainOptions(steps=steps, batch_size=batch_size, n=n, lr=lr, warmup_steps=warmup_steps, seed=seed)
+    loaded = load_model(model, dtype, device, revision)
+    record = heads_record(loaded, heads)
+    if k is not None:
+        record = record.with_top_k(k)
+    record = train_step(loaded, record, options, show_progress=show)
+    write_record(record, output)
+    if ia3 is not None:
+        save_ia3_adapter(head_layout(loaded.model.config), record.coefficients(), ia3, loaded.source.base_model)
+        typer.echo(f"wrote IA3 adapter to {ia3}", err=True)
+    before, after = record.pear.training.heldout_before, record.pear.training.heldout_after
+    typer.echo(f"held-out copy loss {before.loss:.4f} -> {after.loss:.4f}, "
+               f"accuracy {before.copy_accuracy} -> {after.copy_accuracy} -> {output}")
+
+
+def export(
+    ctx: typer.Context,
+    model: Annotated[Optional[str], typer.Argument(
+        help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m. Optional with --recipe.",
+        show_default=False)] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="directory of the patched checkpoint.",
+                                         show_default=False)] = ...,
+    recipe: Annotated[Optional[Path], typer.Option(
+        help="recipes/X.yaml: model and settings; flags given here override.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        help="with --recipe: check it and print the plan; load and write nothing.")] = False,
+    patch: Annotated[Optional[Path], typer.Option(
+        help="patch.json from `train`: fold it straight over the safetensors files, no model load.")] = None,
+    heads: Annotated[Optional[str], typer.Option(
+        help="heads.json or a head list: skip locating, train these.")] = None,
+    overwrite: flags.Overwrite = False,
+    k: flags.K = LOCATE.k, settings: flags.Settings = DEFAULT_SETTINGS,
+    mean_vector: flags.MeanVector = LOCATE.mean_vector, propagation: flags.Propagation = LOCATE.propagation,
+    steps: flags.Steps = TRAIN.steps, batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
+    lr: flags.Lr = TRAIN.lr, warmup_steps: flags.WarmupSteps = TRAIN.warmup_steps, seed: flags.Seed = LOCATE.seed,
+    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
+    ia3: flags.Ia3 = None, quiet: flags.Quiet = False,
+    qrhead_data: Annotated[Optional[str], typer.Option(
+        help="also detect QR heads: labelled QRHead JSON/JSONL, or 'builtin' for the built-in set.")] = None,
+    qrhead_k: Annotated[Optional[int], typer.Option(
+        help="QR heads to keep; default 16 (32 for models of 10B+).")] = None,
+    push_to_hub: Annotated[Optional[str], typer.Option(
+        help="after exporting, push the checkpoint to this Hub repo (e.g. me/llama-pear).")] = None,
+    private: flags.Private = False,
+    push_revision: Annotated[Optional[str], typer.Option(
+        help="branch of the Hub repo to push to (created if needed).")] = None,
+    commit_message: flags.CommitMessage = None,
+    eval: Annotated[Optional[str], typer.Option(
+        "--eval", help="quick or full: evaluate the export against its source (report in OUT/eval/) and add the "
+                       "summary table to the model card, before any push.")] = None,
+) -> None:
+    """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
+    from headpatch.pipeline import run_export
+
+    flags_given = {name: value for name, value in ctx.params.items() if name not in ("recipe", "dry_run")}
+    flags_given["settings"] = parse_settings(settings)
+    if recipe is not None:
+        from headpatch.plan import format_plan
+        from headpatch.recipe import load_recipe
+
+        loaded_recipe = load_recipe(recipe)
+        # Compared by name: typer ships its own copy of click, so click's enum class is not the one returned here.
+        given = {name for name in flags_given
+                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+        job = with_flags(loaded_recipe.job(), {name: flags_given[name] for name in given})
+        if dry_run:
+            typer.echo(format_plan(loaded_recipe, job))
+            return
+    elif dry_run:
+        raise HeadpatchError("--dry-run needs --recipe: it prints the plan of a recipe")
+    else:
+        job = with_flags(ExportJob(), flags_given)
+    progress_enabled(job.quiet)
+    run_export(job, say=typer.echo)

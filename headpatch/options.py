@@ -1,0 +1,175 @@
+"""Every setting of every step, with its default written once.
+
+The CLI builds its flags from these dataclasses, recipes parse into them, and `headpatch export` merges the two into
+one `ExportJob` (flags given on the command line replace recipe values with `dataclasses.replace`). Field metadata
+`in_file: False` marks settings a recipe cannot set (they come from the command line or from the job's seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from headpatch.errors import HeadpatchError
+from headpatch.typed import choices
+
+PAPER_SETTINGS: tuple[tuple[int, int], ...] = ((20, 50), (40, 25), (80, 15), (100, 10))
+MEAN_VECTORS = {
+    "batch": "mean of the head's output over the samples of the batch at the scored position (reference code)",
+    "sequence": "mean of the head's output over all positions of the same sample (paper text)",
+}
+PROPAGATIONS = {
+    "direct": "attention of later layers frozen at the scored position; only the residual path and MLPs carry "
+    "the change (path patching, reference code)",
+    "total": "later layers recomputed normally (total effect)",
+}
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+EVAL_SETTINGS = ("quick", "full")
+BUILTIN_DATA = "builtin"
+LARGE_MODEL_PARAMETERS = 10_000_000_000  # QRHead keeps 16 heads below this size, 32 above
+
+_POSITIVE = {"minimum": 1}
+_NOT_IN_FILE = {"in_file": False}
+
+
+@dataclass(frozen=True)
+class LocateOptions:
+    """PEAR location: how heads are scored and how many are kept; defaults follow the PEAR reference code."""
+
+    k: int = field(default=10, metadata=_POSITIVE)
+    settings: tuple[tuple[int, int], ...] = PAPER_SETTINGS  # (samples, n) pairs
+    mean_vector: str = field(default="batch", metadata=choices(MEAN_VECTORS))
+    propagation: str = field(default="direct", metadata=choices(PROPAGATIONS))
+    seed: int = field(default=0, metadata=_NOT_IN_FILE)
+    max_rows: int = field(default=1024, metadata=_NOT_IN_FILE)  # sequences recomputed in one batch
+
+    def __post_init__(self) -> None:
+        if self.mean_vector not in MEAN_VECTORS:
+            raise HeadpatchError(f"unknown mean vector {self.mean_vector!r}; choose from {', '.join(MEAN_VECTORS)}")
+        if self.propagation not in PROPAGATIONS:
+            raise HeadpatchError(f"unknown propagation {self.propagation!r}; choose from {', '.join(PROPAGATIONS)}")
+        if not self.settings:
+            raise HeadpatchError("location needs at least one (samples, n) setting")
+        for samples, n in self.settings:
+            if samples < 1 or n < 2:
+                raise HeadpatchError(f"setting ({samples}, {n}) needs at least 1 sample and n >= 2")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Coefficient training; defaults are the PEAR reference hyper-parameters."""
+
+    steps: int = 60
+    batch_size: int = 20
+    n: int = 50
+    lr: float = 5e-3
+    warmup_steps: int = field(default=2, metadata={"minimum": 0})
+    seed: int = field(default=0, metadata=_NOT_IN_FILE)
+    eval_lengths: tuple[int, ...] = field(default=(25, 50, 100, 200), metadata=_NOT_IN_FILE)
+    eval_samples: int = field(default=20, metadata=_NOT_IN_FILE)
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.n < 2 or self.lr <= 0:
+            raise HeadpatchError("training needs steps >= 1, batch size >= 1, n >= 2 and a positive learning rate")
+
+
+@dataclass(frozen=True)
+class QRHeadOptions:
+    """QRHead detection: `data` is "builtin", a QRHead JSON/JSONL file, or None to skip detection."""
+
+    data: str | None = None
+    k: int | None = field(default=None, metadata=_POSITIVE)  # None: the paper's rule, see `resolved_k`
+
+    def resolved_k(self, parameters: int, total_heads: int) -> int:
+        """K as given, or the paper's: 16 heads below 10B parameters, 32 above, never more than the model has."""
+        if self.k is not None:
+            return self.k
+        return min(16 if parameters < LARGE_MODEL_PARAMETERS else 32, total_heads)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Where the export goes, and what happens to it after the fold."""
+
+    output: Path | None = field(default=None, metadata=_NOT_IN_FILE)
+    overwrite: bool = field(default=False, metadata=_NOT_IN_FILE)  # replace an earlier export in `output`
+    push_to_hub: str | None = None  # Hub repo id
+    private: bool = False
+    push_revision: str | None = field(default=None, metadata=_NOT_IN_FILE)
+    commit_message: str | None = field(default=None, metadata=_NOT_IN_FILE)
+    eval: str | None = field(default=None, metadata={**_NOT_IN_FILE, **choices(EVAL_SETTINGS)})
+
+    def __post_init__(self) -> None:
+        if self.eval not in (None, *EVAL_SETTINGS):
+            raise HeadpatchError(f"--eval takes {' or '.join(EVAL_SETTINGS)}, not {self.eval!r}")
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """Everything one `headpatch export` run does: the model, its settings per step, and the output."""
+
+    model: str | None = None  # Hub id, local directory, .gguf file or demo alias
+    revision: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"  # a torch device, or "auto" for accelerate's placement
+    seed: int = 0  # proxy sequences of location and training, and the built-in QRHead set
+    patch: Path | None = None  # a trained patch.json: fold it, no location or training
+    heads: str | None = None  # heads.json or a head list: train these instead of locating
+    ia3: Path | None = None  # also write a peft IA3 adapter here
+    quiet: bool = False
+    locate: LocateOptions = LocateOptions()
+    train: TrainOptions = TrainOptions()
+    qrhead: QRHeadOptions = QRHeadOptions()
+    export: ExportOptions = ExportOptions()
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPE_NAMES:
+            raise HeadpatchError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_NAMES)}")
+
+
+# The job field(s) each `headpatch export` parameter sets: (section, field), section None for the job itself.
+EXPORT_FLAGS: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "model": ((None, "model"),), "revision": ((None, "revision"),), "dtype": ((None, "dtype"),),
+    "device": ((None, "device"),), "patch": ((None, "patch"),), "heads": ((None, "heads"),),
+    "ia3": ((None, "ia3"),), "quiet": ((None, "quiet"),),
+    "seed": ((None, "seed"), ("locate", "seed"), ("train", "seed")),
+    "k": (("locate", "k"),), "settings": (("locate", "settings"),), "mean_vector": (("locate", "mean_vector"),),
+    "propagation": (("locate", "propagation"),),
+    "steps": (("train", "steps"),), "batch_size": (("train", "batch_size"),), "n": (("train", "n"),),
+    "lr": (("train", "lr"),), "warmup_steps": (("train", "warmup_steps"),),
+    "qrhead_data": (("qrhead", "data"),), "qrhead_k": (("qrhead", "k"),),
+    "output": (("export", "output"),), "overwrite": (("export", "overwrite"),),
+    "push_to_hub": (("export", "push_to_hub"),), "private": (("export", "private"),),
+    "push_revision": (("export", "push_revision"),), "commit_message": (("export", "commit_message"),),
+    "eval": (("export", "eval"),),
+}
+
+
+def with_flags(job: ExportJob, flags: Mapping[str, Any]) -> ExportJob:
+    """`job` with the given `headpatch export` parameters (keyed by parameter name) replacing its values."""
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in flags.items():
+        for section, name_in_section in EXPORT_FLAGS[name]:
+            (top if section is None else sections.setdefault(section, {}))[name_in_section] = value
+    replaced = {section: dataclasses.replace(getattr(job, section), **values) for section, values in sections.items()}
+    return dataclasses.replace(job, **top, **replaced)
+
+
+def settings_text(settings: tuple[tuple[int, int], ...]) -> str:
+    """Location settings in the CLI's form, e.g. "20x50,40x25"."""
+    return ",".join(f"{samples}x{n}" for samples, n in settings)
+
+
+def parse_settings(text: str) -> tuple[tuple[int, int], ...]:
+    """Location settings from the CLI's form "20x50,40x25"."""
+    try:
+        pairs = tuple(tuple(int(v) for v in part.lower().split("x")) for part in text.split(",") if part.strip())
+    except ValueError:
+        pairs = ()
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise HeadpatchError(f"malformed settings {text!r}; expected e.g. 20x50,40x25")
+    return pairs  # type: ignore[return-value]
