@@ -69,8 +69,8 @@ def convert(hint: Any, value: Any, key: str, yaml_numbers: bool = False) -> Any:
         if value is None:
             return None
         (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-        if dataclasses.is_dataclass(inner):  # its own errors name the exact key
-            return build(inner, value, key, yaml_numbers)
+        if dataclasses.is_dataclass(inner) or typing.get_origin(inner) is dict:  # their errors name the exact key
+            return convert(inner, value, key, yaml_numbers)
         try:
             return convert(inner, value, key, yaml_numbers)
         except HeadpatchError:
