@@ -136,3 +136,32 @@ def test_only_the_record_module_indexes_the_record_by_key():
     offenders = [str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.py")
                  if path.name != "record.py" and pattern.search(path.read_text(encoding="utf-8"))]
     assert offenders == []
+
+
+def _without_run_details(data):
+    """A record's JSON without what differs between runs of the same inputs: timings and the source's path."""
+    if isinstance(data, dict):
+        return {k: _without_run_details(v) for k, v in data.items() if k not in ("seconds", "source", "base_model")}
+    if isinstance(data, list):
+        return [_without_run_details(v) for v in data]
+    return data
+
+
+def test_the_pipeline_writes_what_0_1_wrote_for_the_same_inputs(smollm2, tmp_path):
+    # the steps of the script that made tests/data/records_v1 with commit 4f57c25, run through today's pipeline
+    from headpatch.loading import load_model
+    from headpatch.pipeline import locate_step, qrhead_step, train_step
+    from headpatch.qrhead.builtin import builtin_examples
+    from tests.tiny import tiny_model
+
+    source = tmp_path / "tiny-llama"
+    tiny_model("llama", vocab_size=len(smollm2.tokenizer)).save_pretrained(source)
+    smollm2.tokenizer.save_pretrained(source)
+    loaded = load_model(str(source))
+    located = locate_step(loaded, LocateOptions(k=3, settings=((3, 6), (4, 5))), show_progress=False)
+    trained = train_step(loaded, located, TrainOptions(steps=2, batch_size=2, n=6, eval_lengths=(6, 8),
+                                                       eval_samples=2), show_progress=False)
+    both = qrhead_step(loaded, trained, builtin_examples(2, 2), "builtin test set", 4, show_progress=False)
+    for record, name in ((located, "heads.json"), (trained, "patch.json"), (both, "patch-qrhead.json")):
+        expected = json.loads((V1 / name).read_text(encoding="utf-8"))
+        assert _without_run_details(record.to_json()) == _without_run_details(expected), name
