@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import random
-import re
 from functools import lru_cache
 
+from headpatch import essays
 from headpatch.errors import HeadpatchError
-from headpatch.essays import load_essays
 from headpatch.qrhead.data import Document, Example
 
 SPLITS = ("detect", "eval")
@@ -23,12 +22,6 @@ _CODE_WORDS = (
     "amber", "birch", "cedar", "delta", "emerald", "fable", "garnet", "hazel", "ivory", "jasper", "kiwi", "lilac",
     "maple", "nectar", "olive", "pepper", "quill", "ruby", "sable", "topaz", "velvet", "willow", "xenon", "yucca",
 )
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")
-
-
-def _sentences(text: str) -> list[str]:
-    return [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
-
 
 def _split_index(split: str) -> int:
     if split not in SPLITS:
@@ -39,17 +32,13 @@ def _split_index(split: str) -> int:
 @lru_cache(maxsize=4)
 def passages(split: str, passage_words: int = 60) -> tuple[Document, ...]:
     """Whole-sentence passages of about `passage_words` words; detect and eval use disjoint essays."""
-    essays = sorted(load_essays().items())
+    named = sorted(essays.load_essays().items())
     # alternate essays between the splits so evaluation never sees a detection passage
-    chosen = essays[_split_index(split)::2]
-    result = []
+    chosen = named[_split_index(split)::2]
+    result: list[Document] = []
     for name, text in chosen:
-        current: list[str] = []
-        for sentence in _sentences(text):
-            current.append(sentence)
-            if sum(len(s.split()) for s in current) >= passage_words:
-                result.append(Document(f"{name}-{len(result)}", name, " ".join(current)))
-                current = []
+        for chunk in essays.passages([text], passage_words):
+            result.append(Document(f"{name}-{len(result)}", name, chunk))
     return tuple(result)
 
 
@@ -63,9 +52,7 @@ def _fact(project: str, code: str) -> str:
 
 
 def _plant(passage: Document, fact: str, rng: random.Random) -> Document:
-    sentences = _sentences(passage.text)
-    at = rng.randint(0, len(sentences))
-    return Document(passage.idx, passage.title, " ".join(sentences[:at] + [fact] + sentences[at:]))
+    return Document(passage.idx, passage.title, essays.plant(passage.text, fact, rng))
 
 
 def builtin_examples(count: int, docs_per_example: int = 10, split: str = "detect", seed: int = 0) -> list[Example]:
