@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from headpatch.errors import HeadpatchError
+from headpatch.essays import passages
+from headpatch.evaluation.essay_split import context_essays, heldout_essays
 from headpatch.evaluation.facts import MDQA_FACTS, NEEDLES, keyword_score, mentions_any
-from headpatch.evaluation.settings import SETTINGS, TASK_NAMES, check_tasks, setting_for
-from headpatch.evaluation.tasks import TASKS
-from headpatch.evaluation.text import context_essays, heldout_essays, passages
+from headpatch.evaluation.registry import SETTINGS, TASK_NAMES, TASKS, check_tasks, setting_for
 
 
 def test_keyword_score_counts_whole_words_case_insensitively():

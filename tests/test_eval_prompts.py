@@ -8,8 +8,10 @@ import pytest
 
 from headpatch.evaluation.facts import MDQA_FACTS, NEEDLES
 from headpatch.evaluation.generation import greedy_answers, length_batches, prompt_ids
-from headpatch.evaluation.settings import MdqaSetting, NiahSetting, setting_for
+from headpatch.evaluation.registry import setting_for
 from headpatch.evaluation.tasks import mdqa, niah
+from headpatch.evaluation.tasks.mdqa import MdqaSetting
+from headpatch.evaluation.tasks.niah import NiahSetting
 
 
 @pytest.fixture(scope="module")

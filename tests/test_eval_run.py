@@ -12,7 +12,11 @@ from typer.testing import CliRunner
 from headpatch.errors import HeadpatchError
 from headpatch.evaluation import run_eval, summary_markdown, write_report
 from headpatch.evaluation.cli import eval_command
-from headpatch.evaluation.settings import CopySetting, MdqaSetting, NiahSetting, PplSetting, RetrievalSetting
+from headpatch.evaluation.tasks.copy import CopySetting
+from headpatch.evaluation.tasks.mdqa import MdqaSetting
+from headpatch.evaluation.tasks.niah import NiahSetting
+from headpatch.evaluation.tasks.ppl import PplSetting
+from headpatch.evaluation.tasks.retrieval import RetrievalSetting
 from tests.tiny import tiny_model
 
 TINY_SETTINGS = {

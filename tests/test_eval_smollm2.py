@@ -6,7 +6,7 @@ import pytest
 
 from headpatch.architectures import head_layout
 from headpatch.evaluation import run_eval, summary_markdown
-from headpatch.evaluation.settings import NiahSetting
+from headpatch.evaluation.tasks.niah import NiahSetting
 from headpatch.heads import parse_head
 from headpatch.loading import load_model
 from headpatch.pear.fold import fold_model

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import typer
 
-from headpatch.console import progress_enabled
-from headpatch.evaluation.settings import TASK_NAMES
+from headpatch.evaluation.registry import TASK_NAMES, check_tasks
+from headpatch.evaluation.report import RESULTS, summary_markdown, write_report
+from headpatch.evaluation.run import run_eval
+from headpatch.io.atomic import check_output_dir
 
 
 def eval_command(
@@ -26,10 +28,8 @@ def eval_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars."),
 ) -> None:
     """Compare a model with its base on copying, needle in a haystack, multi-document QA, perplexity and retrieval."""
-    from headpatch.evaluation import run_eval, summary_markdown, write_report
-    from headpatch.evaluation.report import RESULTS
-    from headpatch.evaluation.settings import check_tasks
-    from headpatch.io.atomic import check_output_dir
+    # imported here, not at the top: headpatch.cli imports this module to register the command
+    from headpatch.cli.console import progress_enabled
 
     show = progress_enabled(quiet)
     names = check_tasks(tasks)

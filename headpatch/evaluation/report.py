@@ -6,17 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headpatch.evaluation.plots import Figures, draw_figures
+from headpatch.evaluation.registry import TASKS
+from headpatch.evaluation.tasks.base import Figures
 from headpatch.io.atomic import check_output_dir, staged_output
 
 RESULTS = "results.json"  # every report holds it: --overwrite replaces only a directory that does
-TASK_TITLES = {
-    "copy": "Proxy copy task (held-out)",
-    "niah": "Needle in a haystack",
-    "mdqa": "Multi-document QA (lost in the middle)",
-    "ppl": "Perplexity on held-out essays",
-    "retrieval": "QR-head retrieval",
-}
 
 
 def _number(value: float | None) -> str:
@@ -93,9 +87,19 @@ def report_markdown(results: dict[str, Any], figures: Figures) -> str:
     for name, task in results["tasks"].items():
         setting = ", ".join(f"{key} {json.dumps(value)}" for key, value in task["setting"].items())
         seconds = ", ".join(f"{role} {s:.0f} s" for role, s in results["seconds"]["tasks"].get(name, {}).items())
-        parts.append(f"- **{TASK_TITLES[name]}** ({name}): {setting}" + (f"; {seconds}" if seconds else ""))
+        parts.append(f"- **{TASKS[name].title}** ({name}): {setting}" + (f"; {seconds}" if seconds else ""))
     parts += ["", f"Total wall time {results['seconds']['total']:.0f} s.", ""]
     return "\n".join(parts)
+
+
+def draw_figures(results: dict[str, Any], out: Path) -> Figures:
+    """Every figure of the tasks that ran (and were not skipped), written into `out`."""
+    shown: Figures = []
+    for name, task in results["tasks"].items():
+        draw = TASKS[name].figures
+        if draw is not None and "models" in task:
+            shown += draw(task["models"], out)
+    return shown
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path, overwrite: bool = False) -> Path:

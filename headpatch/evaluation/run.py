@@ -9,8 +9,8 @@ from typing import Any
 
 from headpatch._version import library_versions
 from headpatch.evaluation.models import identity, load_reference
-from headpatch.evaluation.settings import TASK_NAMES, check_tasks, setting_for
-from headpatch.evaluation.tasks import TASKS, TaskRun, TaskSkipped
+from headpatch.evaluation.registry import TASK_NAMES, TASKS, check_tasks, setting_for
+from headpatch.evaluation.tasks.base import TaskRun, TaskSkipped
 from headpatch.loading import LoadedModel, load_model
 
 FORMAT_VERSION = 1
@@ -26,7 +26,7 @@ def _run_task(name: str, setting: Any, models: Mapping[str, LoadedModel], seed: 
     for role, loaded in models.items():
         began = time.perf_counter()
         try:
-            results[role] = TASKS[name].evaluate(loaded, setting, TaskRun(role, models, seed, show_progress))
+            results[role] = TASKS[name].run(loaded, setting, TaskRun(role, models, seed, show_progress))
         except TaskSkipped as skipped:
             return {"setting": asdict(setting), "skipped": str(skipped)}, seconds
         seconds[role] = round(time.perf_counter() - began, 2)

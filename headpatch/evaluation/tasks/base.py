@@ -1,10 +1,11 @@
-"""What every evaluation task gets and gives back."""
+"""What every evaluation task is, gets and gives back."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -46,12 +47,28 @@ class Metric:
                 "higher_is_better": self.higher_is_better, "relative": self.relative}
 
 
-@dataclass(frozen=True)
-class Task:
-    """A task: evaluate one model (plain-data result) and pick the headline figures from every model's result."""
+Results = dict[str, dict[str, Any]]  # a task's plain-data result for every model of the run, by role
+Figures = list[tuple[str, str]]  # (caption, file name) pairs, in the order the report shows them
+SettingT = TypeVar("SettingT")
 
-    evaluate: Callable[[LoadedModel, Any, TaskRun], dict[str, Any]]
-    headline: Callable[[dict[str, dict[str, Any]]], list[Metric]]
+
+@dataclass(frozen=True)
+class Task(Generic[SettingT]):
+    """Everything the evaluation knows about a task; the registry (headpatch.evaluation.registry) lists them.
+
+    `title` names the task in the report's list of settings. `quick` takes a few minutes for two 135M models on a
+    2-core CPU; `full` gives the figures a report shows (about 15 minutes per such model). `run` evaluates one model
+    and returns plain data (results.json keeps it as is); `headline` picks the summary-table rows from every model's
+    result; `figures` draws the report's figures from the same results into a folder, for the tasks that have any.
+    """
+
+    name: str
+    title: str
+    quick: SettingT
+    full: SettingT
+    run: Callable[[LoadedModel, SettingT, TaskRun], dict[str, Any]]
+    headline: Callable[[Results], list[Metric]]
+    figures: Callable[[Results, Path], Figures] | None = None
 
 
 def require_tokenizer(loaded: LoadedModel, task: str) -> Any:
@@ -61,7 +78,7 @@ def require_tokenizer(loaded: LoadedModel, task: str) -> Any:
     return loaded.tokenizer
 
 
-def per_model(task: str, name: str, results: dict[str, dict[str, Any]], key: str, **options: Any) -> Metric:
+def per_model(task: str, name: str, results: Results, key: str, **options: Any) -> Metric:
     """A metric whose value for each model is `result[key]`."""
     return Metric(task, name, {role: result[key] for role, result in results.items()}, **options)
 

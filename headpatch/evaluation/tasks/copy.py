@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from headpatch.evaluation.settings import CopySetting
-from headpatch.evaluation.tasks.base import Metric, TaskRun, per_model
+from headpatch.evaluation.plots import lines, save
+from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun, per_model
 from headpatch.loading import LoadedModel
 from headpatch.pear.proxy import copy_accuracy, copy_batch, sampleable_ids, special_prefix
+
+
+@dataclass(frozen=True)
+class CopySetting:
+    """Held-out proxy copy task: `samples` random sequences per length n."""
+
+    lengths: tuple[int, ...]
+    samples: int
 
 
 def evaluate(loaded: LoadedModel, setting: CopySetting, run: TaskRun) -> dict[str, Any]:
@@ -24,9 +34,24 @@ def evaluate(loaded: LoadedModel, setting: CopySetting, run: TaskRun) -> dict[st
     return {"accuracy": accuracy, "mean": sum(accuracy.values()) / len(accuracy)}
 
 
-def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+def headline(results: Results) -> list[Metric]:
     """Accuracy at every length and its mean."""
     lengths = next(iter(results.values()))["accuracy"]
     rows = [Metric("copy", f"accuracy n={n}", {role: r["accuracy"][n] for role, r in results.items()})
             for n in lengths]
     return [*rows, per_model("copy", "accuracy, mean over lengths", results, "mean")]
+
+
+def figures(results: Results, out: Path) -> Figures:
+    """Copy accuracy by length, one line per model."""
+    series = {role: (list(r["accuracy"]), list(r["accuracy"].values())) for role, r in results.items()}
+    figure = lines(series, "proxy copy task: held-out accuracy", "n (random tokens, repeated once)", "accuracy")
+    return [("Proxy copy task, accuracy by length", save(figure, out, "copy_accuracy.png"))]
+
+
+TASK = Task(
+    name="copy", title="Proxy copy task (held-out)",
+    quick=CopySetting(lengths=(25, 50, 100), samples=10),
+    full=CopySetting(lengths=(25, 50, 100, 200), samples=50),
+    run=evaluate, headline=headline, figures=figures,
+)

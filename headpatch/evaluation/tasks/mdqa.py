@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from headpatch.essays import passages, plant
+from headpatch.evaluation.essay_split import context_essays
 from headpatch.evaluation.facts import MDQA_FACTS, Fact, keyword_score, mentions_any
 from headpatch.evaluation.generation import prompt_ids, question_prompt
-from headpatch.evaluation.settings import MdqaSetting
-from headpatch.evaluation.tasks.base import Metric, TaskRun, answer_all, require_tokenizer
-from headpatch.evaluation.text import context_essays, passages, sentences
+from headpatch.evaluation.plots import lines, save
+from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun, answer_all, require_tokenizer
 from headpatch.loading import LoadedModel
 
 INSTRUCTION = ("Answer the question using only the documents below (some of which are irrelevant), "
                "even where they contradict what you know.")
+
+
+@dataclass(frozen=True)
+class MdqaSetting:
+    """Lost in the middle: `passages` essay chunks of about `passage_words` words, the first `facts` planted facts."""
+
+    passages: int
+    passage_words: int
+    facts: int
+    max_new_tokens: int
+    batch_tokens: int  # prompts of similar length are answered together, up to this many tokens per batch
 
 
 @dataclass(frozen=True)
@@ -25,13 +38,6 @@ class MdqaCase:
     fact: Fact
     position: int
     documents: tuple[str, ...]
-
-
-def plant(passage: str, statement: str, rng: random.Random) -> str:
-    """The passage with `statement` inserted between two of its sentences (or at either end)."""
-    parts = sentences(passage)
-    at = rng.randint(0, len(parts))
-    return " ".join(parts[:at] + [statement] + parts[at:])
 
 
 def cases(setting: MdqaSetting, seed: int) -> list[MdqaCase]:
@@ -81,7 +87,7 @@ def evaluate(loaded: LoadedModel, setting: MdqaSetting, run: TaskRun) -> dict[st
     }
 
 
-def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+def headline(results: Results) -> list[Metric]:
     """Mean and worst-position accuracy, accuracy per kind of fact, and the memory-answer rate on counterfactuals."""
     rows = [
         Metric("mdqa", "accuracy, mean over positions", {r: v["mean"] for r, v in results.items()}),
@@ -93,3 +99,18 @@ def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
         rows.append(Metric("mdqa", "counterfactuals answered from memory (lower is better)",
                            {r: v["memory_rate"] for r, v in results.items()}, higher_is_better=False))
     return rows
+
+
+def figures(results: Results, out: Path) -> Figures:
+    """Accuracy by the gold passage's position, one line per model."""
+    series = {role: (list(range(1, len(r["by_position"]) + 1)), r["by_position"]) for role, r in results.items()}
+    figure = lines(series, "multi-document QA: accuracy by gold position", "position of the gold passage", "accuracy")
+    return [("Multi-document QA, accuracy by gold position", save(figure, out, "mdqa_positions.png"))]
+
+
+TASK = Task(
+    name="mdqa", title="Multi-document QA (lost in the middle)",
+    quick=MdqaSetting(passages=5, passage_words=70, facts=4, max_new_tokens=32, batch_tokens=4096),
+    full=MdqaSetting(passages=10, passage_words=70, facts=12, max_new_tokens=32, batch_tokens=8192),
+    run=evaluate, headline=headline, figures=figures,
+)

@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from headpatch.evaluation.essay_split import context_essays
 from headpatch.evaluation.facts import NEEDLES, Fact, keyword_score
 from headpatch.evaluation.generation import prompt_ids, question_prompt
-from headpatch.evaluation.settings import NiahSetting
-from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped, answer_all, require_tokenizer
-from headpatch.evaluation.text import context_essays
+from headpatch.evaluation.plots import heatmap, save
+from headpatch.evaluation.tasks.base import (
+    Figures,
+    Metric,
+    Results,
+    Task,
+    TaskRun,
+    TaskSkipped,
+    answer_all,
+    require_tokenizer,
+)
 from headpatch.loading import LoadedModel
 from headpatch.runtime import context_limit
 
 INSTRUCTION = "Answer the question from the document."
 _SENTENCE_ENDS = (".", "!", "?")
 PROMPT_ROOM = 128  # tokens around the haystack: instruction, the question twice, chat markers (about 90 for SmolLM2)
+
+
+@dataclass(frozen=True)
+class NiahSetting:
+    """Needle in a haystack: haystack lengths (tokens) × needle depths (0 = start, 1 = end) × the first `needles`."""
+
+    lengths: tuple[int, ...]
+    depths: tuple[float, ...]
+    needles: int
+    max_new_tokens: int
+    batch_tokens: int  # prompts of similar length are answered together, up to this many tokens per batch
 
 
 @dataclass(frozen=True)
@@ -104,9 +125,32 @@ def evaluate(loaded: LoadedModel, setting: NiahSetting, run: TaskRun) -> dict[st
             "mean": fmean([a["score"] for a in answers]), "answers": answers}
 
 
-def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+def headline(results: Results) -> list[Metric]:
     """The mean keyword score over the grid and at the longest length."""
     rows = [Metric("niah", "keyword score, mean over the grid", {r: v["mean"] for r, v in results.items()})]
     longest = {role: fmean([row[-1] for row in v["grid"]]) for role, v in results.items()}
     length = next(iter(results.values()))["lengths"][-1]
     return [*rows, Metric("niah", f"keyword score at {length} tokens", longest)]
+
+
+def figures(results: Results, out: Path) -> Figures:
+    """A heatmap per model and, for two models on the same grid, patched − base."""
+    shown = []
+    for role, result in results.items():
+        figure = heatmap(result["grid"], result["lengths"], result["depths"], f"needle in a haystack: {role}", False)
+        shown.append((f"Needle in a haystack, {role}", save(figure, out, f"niah_{role}.png")))
+    base, patched = results.get("base"), results.get("patched")
+    if base and patched and base["lengths"] == patched["lengths"]:
+        grid = [[p - b for p, b in zip(prow, brow)] for prow, brow in zip(patched["grid"], base["grid"])]
+        figure = heatmap(grid, base["lengths"], base["depths"], "needle in a haystack: patched − base", True)
+        shown.append(("Needle in a haystack, patched − base", save(figure, out, "niah_difference.png")))
+    return shown
+
+
+TASK = Task(
+    name="niah", title="Needle in a haystack",
+    quick=NiahSetting(lengths=(256, 1024), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32, batch_tokens=4096),
+    full=NiahSetting(lengths=(512, 1024, 2048, 4096), depths=(0.0, 0.25, 0.5, 0.75, 1.0), needles=4,
+                     max_new_tokens=32, batch_tokens=4096),
+    run=evaluate, headline=headline, figures=figures,
+)

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from headpatch.evaluation.essay_split import heldout_essays
 from headpatch.evaluation.metrics import perplexity
-from headpatch.evaluation.settings import PplSetting
-from headpatch.evaluation.tasks.base import Metric, TaskRun, per_model, require_tokenizer
-from headpatch.evaluation.text import heldout_essays
+from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, per_model, require_tokenizer
 from headpatch.loading import LoadedModel
+
+
+@dataclass(frozen=True)
+class PplSetting:
+    """Perplexity over `windows` non-overlapping windows of `window` tokens of held-out essays."""
+
+    window: int
+    windows: int
 
 
 def evaluate(loaded: LoadedModel, setting: PplSetting, run: TaskRun) -> dict[str, Any]:
@@ -23,7 +31,15 @@ def evaluate(loaded: LoadedModel, setting: PplSetting, run: TaskRun) -> dict[str
     return {"perplexity": value, "essays": list(essays)}
 
 
-def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+def headline(results: Results) -> list[Metric]:
     """Perplexity, compared as a relative change."""
     return [per_model("ppl", "perplexity (lower is better)", results, "perplexity", higher_is_better=False,
                       relative=True)]
+
+
+TASK = Task(
+    name="ppl", title="Perplexity on held-out essays",
+    quick=PplSetting(window=512, windows=8),
+    full=PplSetting(window=512, windows=48),
+    run=evaluate, headline=headline,
+)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from headpatch.evaluation.settings import RetrievalSetting
-from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped, per_model, require_tokenizer
+from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, TaskSkipped, per_model, require_tokenizer
 from headpatch.loading import LoadedModel
 from headpatch.qrhead.builtin import builtin_examples
 from headpatch.qrhead.evaluate import summarize
 from headpatch.qrhead.retriever import QRRetriever
+
+
+@dataclass(frozen=True)
+class RetrievalSetting:
+    """QR-head reranking of `examples` held-out built-in examples of `docs` passages each."""
+
+    examples: int
+    docs: int
+    batch_size: int
 
 
 def qr_heads(loaded: LoadedModel) -> list[str]:
@@ -43,7 +52,15 @@ def evaluate(loaded: LoadedModel, setting: RetrievalSetting, run: TaskRun) -> di
             "chance_recall@1": 1 / setting.docs}
 
 
-def headline(results: dict[str, dict[str, Any]]) -> list[Metric]:
+def headline(results: Results) -> list[Metric]:
     """Recall@1 and MRR."""
     return [per_model("retrieval", "QR heads Recall@1", results, "recall@1"),
             per_model("retrieval", "QR heads MRR", results, "mrr")]
+
+
+TASK = Task(
+    name="retrieval", title="QR-head retrieval",
+    quick=RetrievalSetting(examples=8, docs=5, batch_size=4),
+    full=RetrievalSetting(examples=48, docs=10, batch_size=4),
+    run=evaluate, headline=headline,
+)
