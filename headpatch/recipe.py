@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from headpatch.architectures import HeadLayout, head_layout, supported_model_types
 from headpatch.errors import HeadpatchError
 from headpatch.heads import check_heads, parse_heads
+from headpatch.io.files import read_yaml
 from headpatch.options import (BUILTIN_DATA, DTYPE_NAMES, ExportJob, ExportOptions, LocateOptions, QRHeadOptions,
                                TrainOptions)
 from headpatch.pear.memory import LAYER_TRAITS, ModelShape
@@ -110,35 +110,8 @@ class Recipe:
         )
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise HeadpatchError(f"recipe {path} does not exist") from exc
-    except OSError as exc:
-        raise HeadpatchError(f"cannot read recipe {path}: {exc}") from exc
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise HeadpatchError(f"{path}: YAML syntax error{where}: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise HeadpatchError(f"{path}: YAML syntax error: {str(exc).splitlines()[0]}") from exc
+    data = read_yaml(path, "recipe")
     if data is None:
         raise HeadpatchError(f"{path}: the recipe is empty")
     if not isinstance(data, dict):

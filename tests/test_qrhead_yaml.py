@@ -41,7 +41,7 @@ def test_full_head_set_and_bad_files(tmp_path):
         ("model_name_or_path: m\n", "no attn_head_set"),
         ('attn_head_set: "14-22,14-22"\n', "duplicate head ids"),
         ('attn_head_set: "14:22"\n', "malformed head id"),
-        ("attn_head_set: [unclosed\n", "cannot read"),
+        ("attn_head_set: [unclosed\n", "YAML syntax error at line 2"),
     ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(text)

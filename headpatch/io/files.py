@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from headpatch.errors import HeadpatchError
 from headpatch.io.atomic import write_text_atomic
 from headpatch.record import PatchRecord
@@ -32,6 +34,39 @@ def read_json(path: str | Path, what: str = "") -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise HeadpatchError(f"cannot read {f'{what} {path}'.strip()}: not valid JSON ({exc})") from None
+
+
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last silently) and aliases
+    (`*name`), which no headpatch file needs and which let a few hundred bytes expand into gigabytes."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path, what: str = "") -> Any:
+    """Parsed YAML of `path` (duplicate keys and aliases refused), with one-line errors naming the place."""
+    text = read_text(path, what)
+    try:
+        return yaml.load(text, Loader=_StrictYamlLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise HeadpatchError(f"{path}: YAML syntax error{where}: {exc.problem}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise HeadpatchError(f"{path}: YAML syntax error: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
 
 
 def read_record(path: str | Path) -> PatchRecord:

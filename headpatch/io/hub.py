@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.errors import HeadpatchError
+from headpatch.io.files import read_json
 from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE
 from headpatch.loading import Source
 
@@ -67,10 +68,10 @@ def read_config(name: str, revision: str | None = None) -> dict[str, Any]:
             config_file = Path(hf_hub_download(name, "config.json", revision=revision))
         except Exception as exc:
             raise HeadpatchError(f"cannot fetch config.json of {name} from the Hub: {_first_line(exc)}") from exc
-    try:
-        return json.loads(config_file.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HeadpatchError(f"cannot read {config_file}: {exc}") from exc
+    config = read_json(config_file)
+    if not isinstance(config, dict):
+        raise HeadpatchError(f"{config_file} is not a JSON object")
+    return config
 
 
 @dataclass(frozen=True)

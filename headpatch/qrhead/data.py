@@ -82,20 +82,17 @@ def examples_from_records(records: Iterable[Any], source: str) -> list[Example]:
 
 def read_examples(path: str | Path) -> list[Example]:
     """Read examples from a JSON list (`.json`) or one record per line (`.jsonl`)."""
+    from headpatch.io.files import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise HeadpatchError(f"{path} does not exist") from exc
-    except OSError as exc:
-        raise HeadpatchError(f"cannot read {path}: {exc}") from exc
+    text = read_text(path)
     try:
         if path.suffix == ".jsonl":
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             records = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise HeadpatchError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {exc}") from exc
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise HeadpatchError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {exc}") from None
     if not isinstance(records, list):
         raise HeadpatchError(f"{path}: expected a JSON list of examples")
     return examples_from_records(records, str(path))

@@ -24,12 +24,9 @@ class HeadSet:
 
 def read_yaml(path: str | Path) -> HeadSet:
     """Read a QRHead YAML file, with one-line errors for missing or malformed ones."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise HeadpatchError(f"{path} does not exist") from exc
-    except (OSError, yaml.YAMLError) as exc:
-        raise HeadpatchError(f"cannot read {path}: {str(exc).splitlines()[0]}") from exc
+    from headpatch.io.files import read_yaml as read_yaml_file
+
+    data = read_yaml_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("attn_head_set"), str):
         raise HeadpatchError(f"{path} has no attn_head_set string (e.g. attn_head_set: \"14-22,13-16\")")
     text = data["attn_head_set"].strip()
