@@ -58,3 +58,11 @@ def ranked_heads(scores: Any) -> list[Head]:
     order = scores.flatten().argsort(descending=True, stable=True)
     per_layer = scores.shape[1]
     return [(int(i) // per_layer, int(i) % per_layer) for i in order]
+
+
+def group_by_layer(heads: Iterable[Head]) -> dict[int, list[int]]:
+    """{layer: [head, ...]} in the order the heads come."""
+    grouped: dict[int, list[int]] = {}
+    for layer, head in heads:
+        grouped.setdefault(layer, []).append(head)
+    return grouped

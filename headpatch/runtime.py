@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from headpatch.errors import HeadpatchError
+
 
 def input_device(model: Any) -> torch.device:
     """The device token ids must be sent to: the input embedding's execution device."""
@@ -33,3 +35,10 @@ def cache_argument(model: Any, cache: Any) -> dict[str, Any]:
 def context_limit(config: Any) -> int | None:
     """The longest sequence the model was built for, when its config says."""
     return getattr(config, "max_position_embeddings", None)
+
+
+def check_context(config: Any, needed: int, what: str, hint: str = "") -> None:
+    """Raise when `what` needs more tokens than the model's context (`hint` says what to do about it)."""
+    limit = context_limit(config)
+    if limit is not None and needed > limit:
+        raise HeadpatchError(f"{what} needs {needed} tokens, more than the model's context of {limit}{hint}")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import torch
 
 from headpatch.architectures import HeadLayout, o_proj_modules
-from headpatch.heads import Head, check_heads
+from headpatch.heads import Head, check_heads, group_by_layer
 
 
 def by_layer(coefficients: dict[Head, float]) -> dict[int, dict[int, float]]:
     """Group {(layer, head): c} as {layer: {head: c}}."""
-    grouped: dict[int, dict[int, float]] = defaultdict(dict)
-    for (layer, head), value in coefficients.items():
-        grouped[layer][head] = value
-    return dict(grouped)
+    return {layer: {head: coefficients[layer, head] for head in heads}
+            for layer, heads in group_by_layer(coefficients).items()}
 
 
 def fold_weight(weight: torch.Tensor, layout: HeadLayout, head_coefficients: dict[int, float]) -> torch.Tensor:

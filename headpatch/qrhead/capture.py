@@ -23,7 +23,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head
+from headpatch.heads import Head, group_by_layer
 from headpatch.runtime import cache_argument, input_device
 
 
@@ -173,13 +173,6 @@ def _run(model: Any, input_ids: torch.Tensor, capture: _Capture, cache: DynamicC
         )
 
 
-def _by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-    return by_layer
-
-
 def prefill(model: Any, input_ids: torch.Tensor, last_layer: int,
             attention_mask: torch.Tensor | None = None) -> DynamicCache:
     """Cache keys and values of `input_ids` [B, T] for layers 0..last_layer only (the pass stops there).
@@ -210,7 +203,7 @@ def query_attention(
     if attention_mask is not None and attention_mask.shape != (input_ids.shape[0], total):
         raise HeadpatchError(f"attention mask of shape {tuple(attention_mask.shape)}; expected "
                              f"{(input_ids.shape[0], total)}")
-    by_layer = _by_layer(heads)
+    by_layer = group_by_layer(heads)
     new_tokens = None if attention_mask is None else attention_mask[:, cached:].bool()
     capture = _Capture(by_layer, max(by_layer), query_start, total, new_tokens)
     _run(model, input_ids, capture, cache, attention_mask)

@@ -16,7 +16,7 @@ from headpatch.heads import Head, ranked_heads
 from headpatch.qrhead.data import Example
 from headpatch.qrhead.prompt import prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
-from headpatch.runtime import context_limit
+from headpatch.runtime import check_context
 
 @dataclass
 class DetectionResult:
@@ -46,11 +46,7 @@ def all_heads(model: Any) -> list[Head]:
 def document_head_scores(model: Any, tokenizer: Any, example: Example, heads: Sequence[Head]) -> torch.Tensor:
     """Calibrated, outlier-masked score of each document under each head separately: [heads, documents]."""
     prompt, null = prompt_pair(tokenizer, example.question, example.documents)
-    limit = context_limit(model.config)
-    if limit is not None and max(len(prompt.input_ids), len(null.input_ids)) > limit:
-        raise HeadpatchError(
-            f"example {example.idx!r} needs {len(prompt.input_ids)} tokens, more than the model's context of {limit}"
-        )
+    check_context(model.config, max(len(prompt.input_ids), len(null.input_ids)), f"example {example.idx!r}")
     return masked_document_sums(calibrated_token_scores(model, prompt, null, heads), prompt.doc_spans)
 
 

@@ -18,7 +18,7 @@ from headpatch.qrhead.detect import all_heads
 from headpatch.qrhead.prompt import Prompt, document_text, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores_batch, head_set_scores
 from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
-from headpatch.runtime import context_limit
+from headpatch.runtime import check_context, context_limit
 
 DocInput = str | Mapping[str, Any] | Document
 _TRUNCATION_SLACK = 4  # tokens per document kept free: re-tokenizing cut text can shift a boundary token
@@ -123,10 +123,8 @@ class QRRetriever:
         if limit is None or needed <= limit:
             return prompt, null
         if not self.truncate:
-            raise HeadpatchError(
-                f"query and documents need {needed} tokens, more than the model's context of {limit}; "
-                "pass fewer or shorter documents, or truncate=True (--truncate)"
-            )
+            check_context(self.model.config, needed, "query and documents",
+                          "; pass fewer or shorter documents, or truncate=True (--truncate)")
         prompt, null = prompt_pair(self.tokenizer, query, self._truncated(documents, prompt, limit, needed))
         if max(len(prompt.input_ids), len(null.input_ids)) > limit:
             raise HeadpatchError(f"the documents still exceed the model's context of {limit} tokens after truncation")
