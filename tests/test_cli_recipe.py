@@ -5,11 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from headpatch.cli import app
-from headpatch.errors import HeadpatchError
-from tests.conftest import run_cli
+from tests.conftest import invoke
 from tests.tiny import tiny_model
 
 TINY_RECIPE = """
@@ -51,7 +48,7 @@ def tiny_recipe(tmp_path) -> Path:
 
 def test_a_recipe_runs_with_its_settings_and_flags_override_them(tiny_recipe, tmp_path):
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["export", "--recipe", str(tiny_recipe), "-o", str(out), "-q", "--steps", "3"])
+    result = invoke("export", "--recipe", str(tiny_recipe), "-o", str(out), "-q", "--steps", "3")
     assert result.exit_code == 0, result.output
     pear = json.loads((out / "config.json").read_text())["headpatch"]["pear"]
     assert len(pear["heads"]) == 3 and pear["location"]["settings"] == [[4, 8]] and pear["location"]["seed"] == 3
@@ -65,8 +62,8 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tiny_recipe, tmp_p
         raise AssertionError("--dry-run loaded a model")
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
-    result = CliRunner().invoke(app, ["export", "--recipe", str(tiny_recipe), "-o", str(tmp_path / "out"),
-                                      "--dry-run", "--k", "5", "--dtype", "bfloat16"])
+    result = invoke("export", "--recipe", str(tiny_recipe), "-o", str(tmp_path / "out"), "--dry-run", "--k", "5",
+                    "--dtype", "bfloat16")
     assert result.exit_code == 0, result.output
     assert "keep the top 5" in result.output and "dtype    bfloat16" in result.output
     assert not (tmp_path / "out").exists()
@@ -74,7 +71,7 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tiny_recipe, tmp_p
 
 @pytest.mark.parametrize("recipe", sorted(Path(__file__).resolve().parents[1].glob("recipes/*.yaml")))
 def test_every_shipped_recipe_dry_runs(recipe, tmp_path):
-    result = CliRunner().invoke(app, ["export", "--recipe", str(recipe), "-o", str(tmp_path / "out"), "--dry-run"])
+    result = invoke("export", "--recipe", str(recipe), "-o", str(tmp_path / "out"), "--dry-run")
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"recipe {recipe.stem} (dry run")
 
@@ -82,12 +79,13 @@ def test_every_shipped_recipe_dry_runs(recipe, tmp_path):
 def test_recipe_errors_and_a_missing_model_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY_RECIPE.format(model="x").replace("  k: 3", "  kk: 3"))
-    result = run_cli("export", "--recipe", str(bad), "-o", str(tmp_path / "out"))
-    assert result.returncode == 2
-    assert result.stderr.startswith("headpatch: error: ") and "kk" in result.stderr
-    assert len(result.stderr.splitlines()) == 1
-    with pytest.raises(HeadpatchError, match="give the MODEL"):
-        CliRunner().invoke(app, ["export", "-o", str(tmp_path / "out")], catch_exceptions=False)
-    with pytest.raises(HeadpatchError, match="--dry-run needs --recipe"):
-        CliRunner().invoke(app, ["export", "m", "-o", str(tmp_path / "out"), "--dry-run"], catch_exceptions=False)
+    for args, words in [
+        (["--recipe", str(bad)], "kk"),
+        ([], "give the MODEL"),
+        (["m", "--dry-run"], "--dry-run needs --recipe"),
+    ]:
+        result = invoke("export", *args, "-o", str(tmp_path / "out"))
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("headpatch: error: ") and words in result.stderr
+        assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()

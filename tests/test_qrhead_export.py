@@ -5,7 +5,7 @@ import json
 from huggingface_hub import ModelCard
 
 from headpatch.qrhead import QRRetriever
-from tests.conftest import run_cli
+from tests.conftest import invoke
 from tests.tiny import tiny_model
 
 EXAMPLES = [
@@ -25,9 +25,9 @@ def test_export_ships_pear_and_qr_heads(tmp_path, smollm2):
     data = tmp_path / "detect.json"
     data.write_text(json.dumps(EXAMPLES))
     out = tmp_path / "out"
-    result = run_cli("export", str(source), "-o", str(out), "--heads", "1-1,2-3", "--steps", "2", "--batch-size", "2",
-                     "--n", "6", "--qrhead-data", str(data), "--qrhead-k", "3", "-q")
-    assert result.returncode == 0, result.stderr
+    result = invoke("export", str(source), "-o", str(out), "--heads", "1-1,2-3", "--steps", "2", "--batch-size", "2",
+                    "--n", "6", "--qrhead-data", str(data), "--qrhead-k", "3", "-q")
+    assert result.exit_code == 0, result.stderr
     meta = json.loads((out / "config.json").read_text())["headpatch"]
     assert len(meta["qrhead"]["heads"]) == 3 and set(meta["qrhead"]["scores"]) == set(meta["qrhead"]["heads"])
     assert meta["qrhead"]["detection"]["examples"] == 2
@@ -44,7 +44,7 @@ def test_export_ships_pear_and_qr_heads(tmp_path, smollm2):
 def test_bad_qrhead_data_fails_before_any_model_work(tmp_path):
     data = tmp_path / "bad.json"
     data.write_text(json.dumps([{**EXAMPLES[0], "gt_docs": ["zzz"]}]))
-    result = run_cli("export", "smollm2-135m", "-o", str(tmp_path / "out"), "--qrhead-data", str(data), "-q")
-    assert result.returncode != 0
+    result = invoke("export", "smollm2-135m", "-o", str(tmp_path / "out"), "--qrhead-data", str(data), "-q")
+    assert result.exit_code != 0
     assert result.stderr.strip().startswith("headpatch: error:") and "zzz" in result.stderr
     assert not (tmp_path / "out").exists()
