@@ -29,6 +29,8 @@ PROPAGATIONS = {
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 EVAL_SETTINGS = ("quick", "full")
 BUILTIN_DATA = "builtin"
+BUILTIN_EXAMPLES = 64  # built-in QRHead detection set: examples
+BUILTIN_DOCS = 10  # and passages per example
 LARGE_MODEL_PARAMETERS = 10_000_000_000  # QRHead keeps 16 heads below this size, 32 above
 
 _POSITIVE = {"minimum": 1}

@@ -7,9 +7,9 @@ turns them into record parts, so the record format depends on no compute code.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-import sys
 from typing import Any, Protocol, Sequence
 
 from headpatch._version import __version__
@@ -18,7 +18,7 @@ from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads, format_head, parse_heads
 from headpatch.loading import LoadedModel
 from headpatch.options import MEAN_VECTORS, PROPAGATIONS, ExportJob, LocateOptions, TrainOptions
-from headpatch.record import Architecture, CopyFigures, Location, Pear, PatchRecord, QRHeads, Training, check_k
+from headpatch.record import Architecture, CopyFigures, Location, PatchRecord, Pear, QRHeads, Training, check_k
 
 LOCATION_METHOD = "PEAR mean ablation, delta_pi = logit_ablated / logit_clean - 1 of the copied token"
 
@@ -197,7 +197,7 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
     from headpatch.io.files import read_record
     from headpatch.io.hub import PushOptions, push_folder
     from headpatch.loading import load_model
-    from headpatch.qrhead.data import detection_examples
+    from headpatch.qrhead.detect import detection_examples
 
     if job.model is None:
         raise HeadpatchError("give the MODEL to patch, or a --recipe that names it")

@@ -11,7 +11,7 @@ import typer
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
 from headpatch.errors import HeadpatchError
-from headpatch.qrhead.data import BUILTIN_DOCS, BUILTIN_EXAMPLES
+from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES
 
 app = typer.Typer(name="qrhead", help="Query-focused retrieval heads (QRHead): detect them, rerank with them.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -34,7 +34,7 @@ def detect(
     from headpatch.io.files import write_record
     from headpatch.loading import load_model
     from headpatch.pipeline import qr_k, qrhead_step
-    from headpatch.qrhead.data import detection_examples
+    from headpatch.qrhead.detect import detection_examples
     from headpatch.qrhead.yamlio import write_yaml
 
     show = progress_enabled(quiet)

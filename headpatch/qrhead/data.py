@@ -118,21 +118,3 @@ def write_examples(examples: Iterable[Example], path: str | Path) -> Path:
         path.write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
     return path
 
-
-BUILTIN_EXAMPLES = 64
-BUILTIN_DOCS = 10
-
-
-def detection_examples(data: Path | None, examples: int | None = None, docs_per_example: int = BUILTIN_DOCS,
-                       seed: int = 0) -> tuple[list[Example], str]:
-    """The detection examples (a data file, or the built-in set when `data` is None) and the name recorded."""
-    from headpatch.qrhead.builtin import builtin_examples
-
-    if examples is not None and examples < 1:
-        raise HeadpatchError("--examples must be at least 1")
-    if data is None:
-        count = examples or BUILTIN_EXAMPLES
-        name = f"built-in Paul Graham passages with a planted fact (split detect, seed {seed}, {docs_per_example} docs)"
-        return builtin_examples(count, docs_per_example, "detect", seed), name
-    loaded = read_examples(data)
-    return (loaded[:examples] if examples else loaded), data.name

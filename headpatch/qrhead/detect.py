@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -11,12 +12,14 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.options import QRHeadOptions
 from headpatch.heads import Head, ranked_heads
-from headpatch.qrhead.data import Example
+from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES, QRHeadOptions
+from headpatch.qrhead.builtin import builtin_examples
+from headpatch.qrhead.data import Example, read_examples
 from headpatch.qrhead.prompt import prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
 from headpatch.runtime import check_context
+
 
 @dataclass
 class DetectionResult:
@@ -67,3 +70,17 @@ def detect_heads(
         total += per_document[:, example.gold_positions()].sum(dim=-1).cpu()
     scores = (total / len(examples)).view(layout.num_layers, layout.num_heads)
     return DetectionResult(scores, len(examples), time.perf_counter() - began)
+
+
+
+def detection_examples(data: Path | None, examples: int | None = None, docs_per_example: int = BUILTIN_DOCS,
+                       seed: int = 0) -> tuple[list[Example], str]:
+    """The detection examples (a data file, or the built-in set when `data` is None) and the name recorded."""
+    if examples is not None and examples < 1:
+        raise HeadpatchError("--examples must be at least 1")
+    if data is None:
+        count = examples or BUILTIN_EXAMPLES
+        name = f"built-in Paul Graham passages with a planted fact (split detect, seed {seed}, {docs_per_example} docs)"
+        return builtin_examples(count, docs_per_example, "detect", seed), name
+    loaded = read_examples(data)
+    return (loaded[:examples] if examples else loaded), data.name
