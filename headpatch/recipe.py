@@ -17,8 +17,15 @@ from headpatch.architectures import HeadLayout, head_layout, supported_model_typ
 from headpatch.errors import HeadpatchError
 from headpatch.heads import check_heads, parse_heads
 from headpatch.io.files import read_yaml
-from headpatch.options import (BUILTIN_DATA, DTYPE_NAMES, ExportJob, ExportOptions, LocateOptions, QRHeadOptions,
-                               TrainOptions)
+from headpatch.options import (
+    BUILTIN_DATA,
+    DTYPE_NAMES,
+    ExportJob,
+    ExportOptions,
+    LocateOptions,
+    QRHeadOptions,
+    TrainOptions,
+)
 from headpatch.pear.memory import LAYER_TRAITS, ModelShape
 from headpatch.record import check_k
 from headpatch.typed import build, choices

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from headpatch.record import Pear, PatchRecord, QRHeads
+from headpatch.record import PatchRecord, Pear, QRHeads
 
 
 def _pear_section(pear: Pear | None) -> list[str]:

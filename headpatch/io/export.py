@@ -14,9 +14,9 @@ from headpatch.errors import HeadpatchError
 from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
 from headpatch.io.card import render_card
 from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS
+from headpatch.io.files import write_record
 from headpatch.io.stream import plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
-from headpatch.io.files import write_record
 from headpatch.record import PatchRecord
 
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.errors import HeadpatchError
-from headpatch.io.files import read_json
 from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE
+from headpatch.io.files import read_json
 from headpatch.loading import Source
 
 # Config, generation config, tokenizer files and chat templates: everything an export carries besides the weights.

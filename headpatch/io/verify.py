@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout, head_layout
 from headpatch.errors import HeadpatchError
 from headpatch.io.checkpoint import Shard, read_shards, read_tensor, weight_files
-from headpatch.io.stream import plan_fold
 from headpatch.io.files import read_json
+from headpatch.io.stream import plan_fold
 from headpatch.io.summary import checkpoint_record
 from headpatch.pear.fold import fold_weight
 

@@ -10,7 +10,6 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.record import PatchRecord
 from headpatch.heads import Head, check_heads, parse_head, parse_heads
 from headpatch.loading import LoadedModel, load_model
 from headpatch.qrhead.data import Document
@@ -18,6 +17,7 @@ from headpatch.qrhead.detect import all_heads
 from headpatch.qrhead.prompt import Prompt, document_text, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores_batch, head_set_scores
 from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
+from headpatch.record import PatchRecord
 from headpatch.runtime import check_context, context_limit
 
 DocInput = str | Mapping[str, Any] | Document
