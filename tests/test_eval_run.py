@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from headpatch.errors import HeadpatchError
 from headpatch.evaluation import run_eval, summary_markdown, write_report
-from headpatch.evaluation.cli import eval_command
+from headpatch.cli.evaluate import eval_command
 from headpatch.evaluation.tasks.copy import CopySetting
 from headpatch.evaluation.tasks.mdqa import MdqaSetting
 from headpatch.evaluation.tasks.niah import NiahSetting

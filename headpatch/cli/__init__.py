@@ -11,8 +11,8 @@ import sys
 import typer
 
 from headpatch.cli import checkpoints, pear, qrhead
+from headpatch.cli.evaluate import eval_command
 from headpatch.errors import HeadpatchError
-from headpatch.evaluation.cli import eval_command
 
 app = typer.Typer(help="Make a causal LM read its context better and ship it as an ordinary checkpoint.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

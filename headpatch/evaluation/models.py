@@ -7,23 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.errors import HeadpatchError
+from headpatch.io.hub import cached_checkpoint_dir
 from headpatch.loading import LoadedModel, load_model
 from headpatch.qrhead.prompt import uses_chat_template
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 NO_REFERENCE = "none"  # --against none: evaluate the model alone even if its metadata names a source
-
-
-def _checkpoint_dir(loaded: LoadedModel) -> Path | None:
-    location = Path(loaded.source.location)
-    if location.is_dir():
-        return location
-    from huggingface_hub import snapshot_download
-
-    try:  # a Hub model that loaded is in the local cache; never download here
-        return Path(snapshot_download(loaded.source.location, revision=loaded.source.revision, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any cache miss means "files unknown", recorded as such
-        return None
 
 
 def _file_sha256(path: Path) -> str:
@@ -36,7 +25,7 @@ def _file_sha256(path: Path) -> str:
 
 def weights_hash(loaded: LoadedModel) -> dict[str, Any]:
     """sha256 of every weight file of the checkpoint, and one sha256 over the list (name and hash of each)."""
-    folder = _checkpoint_dir(loaded)
+    folder = cached_checkpoint_dir(loaded.source)
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder else []
     if not files:
         return {"sha256": None, "files": {}, "note": "weight files not found on disk"}

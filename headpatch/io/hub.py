@@ -38,6 +38,20 @@ def _weight_files_to_fetch(repo_id: str, revision: str | None) -> list[str]:
     return [INDEX_FILE, *sorted(set(index.get("weight_map", {}).values()))]
 
 
+def cached_checkpoint_dir(source: Source) -> Path | None:
+    """The directory already on disk holding the source's files (a local checkpoint, or its snapshot in the Hub
+    cache); None when it is not cached. Never downloads."""
+    location = Path(source.location)
+    if location.is_dir():
+        return location
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source.location, revision=source.revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any cache miss means "not on disk"
+        return None
+
+
 def checkpoint_dir(source: Source) -> Path:
     """A local directory holding the source's files: itself, or a Hub snapshot of just the config, tokenizer and the
     safetensors weights a load would read (cache, HF_HUB_OFFLINE and the revision honoured)."""

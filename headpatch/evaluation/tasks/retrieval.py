@@ -9,7 +9,7 @@ from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, Task
 from headpatch.loading import LoadedModel
 from headpatch.qrhead.builtin import builtin_examples
 from headpatch.qrhead.evaluate import summarize
-from headpatch.qrhead.retriever import QRRetriever
+from headpatch.qrhead.retriever import QRRetriever, shipped_qr_heads
 
 
 @dataclass(frozen=True)
@@ -21,18 +21,11 @@ class RetrievalSetting:
     batch_size: int
 
 
-def qr_heads(loaded: LoadedModel) -> list[str]:
-    """The QR heads a checkpoint ships in config.json (`headpatch.qrhead.heads`), or none."""
-    section = getattr(loaded.model.config, "headpatch", None)
-    heads = section.get("qrhead", {}).get("heads") if isinstance(section, dict) else None
-    return list(heads or [])
-
-
 def heads_for(run: TaskRun) -> tuple[list[str], str]:
     """The heads to score with and the role whose config holds them: the model's own, else another model's of the
     run, so that a base without QR heads is measured with the heads its patched checkpoint ships."""
     for role in (run.role, *[r for r in run.models if r != run.role]):
-        heads = qr_heads(run.models[role])
+        heads = list(shipped_qr_heads(run.models[role].model.config))
         if heads:
             return heads, role
     raise TaskSkipped("no model of the run has QR heads in config.json (headpatch.qrhead.heads); "

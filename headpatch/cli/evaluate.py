@@ -1,0 +1,42 @@
+"""`headpatch eval`: compare a model with its base on the evaluation tasks, same inputs, one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from headpatch.cli import flags
+from headpatch.cli.console import progress_enabled
+from headpatch.evaluation.registry import TASK_NAMES
+
+
+def eval_command(
+    model: Annotated[str, typer.Argument(
+        help="the model to evaluate: Hub id, checkpoint directory, .gguf file, or alias.", show_default=False)],
+    against: Annotated[Optional[str], typer.Option(
+        help="the model to compare with; default: the source named in the model's headpatch metadata if it "
+             "loads; 'none' evaluates the model alone.")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="report directory.")] = Path("report"),
+    tasks: Annotated[str, typer.Option(help="comma-separated tasks.")] = ",".join(TASK_NAMES),
+    quick: Annotated[bool, typer.Option(
+        help="small settings (minutes on a laptop CPU) instead of the report's.")] = False,
+    seed: Annotated[int, typer.Option(help="seed of the evaluation inputs.")] = 0,
+    dtype: flags.Dtype = "float32", device: flags.Device = "cpu",
+    overwrite: Annotated[bool, typer.Option(help="replace the output directory of an earlier report.")] = False,
+    quiet: flags.Quiet = False,
+) -> None:
+    """Compare a model with its base on copying, needle in a haystack, multi-document QA, perplexity and retrieval."""
+    from headpatch.evaluation.registry import check_tasks
+    from headpatch.evaluation.report import RESULTS, summary_markdown, write_report
+    from headpatch.evaluation.run import run_eval
+    from headpatch.io.atomic import check_output_dir
+
+    show = progress_enabled(quiet)
+    names = check_tasks(tasks)
+    check_output_dir(output, overwrite, marker=RESULTS)  # before any model work: a full run takes a while
+    results = run_eval(model, against, names, quick, seed, dtype, device, show_progress=show)
+    out = write_report(results, output, overwrite)
+    typer.echo(summary_markdown(results))
+    typer.echo(f"report -> {out}")
