@@ -15,7 +15,7 @@ from typing import Any
 
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head, check_heads, format_head, parse_head
+from headpatch.heads import Head, check_heads, parse_head
 from headpatch.typed import build, to_plain
 
 FORMAT_VERSION = 1
@@ -242,20 +242,25 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def _canonical_heads(heads: tuple[str, ...] | list[str], architecture: Architecture, key: str) -> list[Head]:
-    parsed = []
-    for text in heads:
-        head = parse_head(text)
-        if format_head(head) != text:
-            raise HeadpatchError(f"{key}: head id {text!r} is not canonical; write {format_head(head)!r}")
-        parsed.append(head)
-    if len(set(parsed)) != len(parsed):
-        raise HeadpatchError(f"{key}: duplicate head ids")
+def _check_ids(heads: tuple[str, ...], architecture: Architecture, key: str) -> None:
+    """Head ids in canonical ASCII form, unique, inside the model."""
     try:
+        parsed = [parse_head(text) for text in heads]
+        if len(set(parsed)) != len(parsed):
+            raise HeadpatchError("duplicate head ids")
         check_heads(parsed, architecture)
     except HeadpatchError as exc:
         raise HeadpatchError(f"{key}: {exc}") from None
-    return parsed
+
+
+def _check_head_list(heads: tuple[str, ...], k: int, architecture: Architecture, key: str, k_key: str) -> None:
+    """A ranked head list: at least one head, K of them, every id valid."""
+    if not heads:
+        raise HeadpatchError(f"{key} is empty: a patch needs at least one head")
+    _check_ids(heads, architecture, key)
+    if k != len(heads):
+        raise HeadpatchError(f"{k_key} is {k} but {key} lists {len(heads)}")
+    check_k(k, architecture.total_heads, k_key)
 
 
 def _check(record: PatchRecord) -> None:
@@ -267,26 +272,16 @@ def _check(record: PatchRecord) -> None:
         raise HeadpatchError("the record holds neither PEAR heads nor QR heads")
     if record.pear is not None:
         pear = record.pear
-        if not pear.heads:
-            raise HeadpatchError("pear.heads is empty: a patch needs at least one head")
-        _canonical_heads(pear.heads, architecture, "pear.heads")
-        if pear.location.k != len(pear.heads):
-            raise HeadpatchError(f"pear.location.k is {pear.location.k} but pear.heads lists {len(pear.heads)}")
-        check_k(pear.location.k, architecture.total_heads, "pear.location.k")
+        _check_head_list(pear.heads, pear.location.k, architecture, "pear.heads", "pear.location.k")
         if pear.location.scores is not None:
-            _canonical_heads(tuple(pear.location.scores), architecture, "pear.location.scores")
+            _check_ids(tuple(pear.location.scores), architecture, "pear.location.scores")
         if pear.coefficients is not None and set(pear.coefficients) != set(pear.heads):
             raise HeadpatchError("pear.coefficients must name exactly the heads of pear.heads")
         if pear.training is not None and pear.coefficients is None:
             raise HeadpatchError("pear.training is recorded without pear.coefficients")
     if record.qrhead is not None:
         qrhead = record.qrhead
-        if not qrhead.heads:
-            raise HeadpatchError("qrhead.heads is empty")
-        _canonical_heads(qrhead.heads, architecture, "qrhead.heads")
-        _canonical_heads(tuple(qrhead.scores), architecture, "qrhead.scores")
-        if qrhead.detection.k != len(qrhead.heads):
-            raise HeadpatchError(f"qrhead.detection.k is {qrhead.detection.k} but qrhead.heads lists "
-                                 f"{len(qrhead.heads)}")
+        _check_head_list(qrhead.heads, qrhead.detection.k, architecture, "qrhead.heads", "qrhead.detection.k")
+        _check_ids(tuple(qrhead.scores), architecture, "qrhead.scores")
         if not set(qrhead.heads) <= set(qrhead.scores):
             raise HeadpatchError("qrhead.scores must score every head of qrhead.heads")
