@@ -134,13 +134,15 @@ def qrhead_step(
 
 
 def export_step(
-    loaded: LoadedModel, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True
+    loaded: LoadedModel, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True,
+    say: Say = _print,
 ) -> Path:
     """Fold the record over the source checkpoint's files (stored dtype and shards kept) and write the export."""
     from headpatch.io.export import stream_export
     from headpatch.io.hub import checkpoint_dir
 
-    return stream_export(checkpoint_dir(loaded.source), record, out, overwrite, show_progress)
+    return stream_export(checkpoint_dir(loaded.source), record, out, overwrite, show_progress,
+                         warn=lambda message: say(message, err=True))
 
 
 def _save_ia3(layout: HeadLayout, base_model: str, record: PatchRecord, directory: Path | None,
@@ -171,7 +173,8 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say) -> Pa
 
     source = resolve_source(job.model, job.revision)
     directory = checkpoint_dir(source)
-    out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show)
+    out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show,
+                        warn=lambda message: say(message, err=True))
     _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.base_model, record, job.ia3, say)
     return out
 
@@ -217,7 +220,7 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
         _save_ia3(head_layout(loaded.model.config), loaded.source.base_model, record, job.ia3, say)
-        out = export_step(loaded, record, job.export.output, job.export.overwrite, show)
+        out = export_step(loaded, record, job.export.output, job.export.overwrite, show, say)
     say(f"exported {len(record.coefficients())} patched heads -> {out}")
     if job.export.eval is not None:
         _evaluate_export(out, job, show, say)

@@ -101,12 +101,37 @@ def _entry(path: Path, name: str, info: object, start: int) -> TensorEntry:
     return TensorEntry(name, dtype, shape, start + begin, start + end)
 
 
+def source_roots(directory: Path) -> tuple[Path, ...]:
+    """Where a checkpoint's files may really live: the directory itself, and for a Hub-cache snapshot
+    (REPO/snapshots/COMMIT, whose files are links into REPO/blobs) that repository's blobs."""
+    directory = directory.resolve()
+    blobs = directory.parent.parent / "blobs"
+    if directory.parent.name == "snapshots" and blobs.is_dir():
+        return directory, blobs.resolve()
+    return (directory,)
+
+
+def resolves_inside(path: Path, roots: tuple[Path, ...]) -> bool:
+    """Whether `path`, links followed, is a file under one of `roots` (a link to ~/.cache/... is not)."""
+    real = path.resolve()
+    return any(root in real.parents for root in roots)
+
+
+def _check_inside(directory: Path, name: str) -> None:
+    # Weights are copied into the export: a link to a file elsewhere would publish that file.
+    if not resolves_inside(directory / name, source_roots(directory)):
+        raise HeadpatchError(f"{directory / name} links to a file outside the checkpoint directory")
+
+
 def weight_files(directory: Path) -> dict[str, str]:
-    """{tensor name: shard file name} from model.safetensors, or else from the index (transformers' order)."""
+    """{tensor name: shard file name} from model.safetensors, or else from the index (transformers' order); every
+    file named must lie inside the checkpoint (or its Hub-cache blobs)."""
     index, single = directory / INDEX_FILE, directory / SINGLE_FILE
     if single.is_file():  # transformers' own order when both exist
+        _check_inside(directory, SINGLE_FILE)
         return {name: SINGLE_FILE for name in read_shard(single).tensors}
     if index.is_file():
+        _check_inside(directory, INDEX_FILE)
         try:
             mapping = json.loads(index.read_text())["weight_map"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
@@ -116,6 +141,7 @@ def weight_files(directory: Path) -> dict[str, str]:
                 raise HeadpatchError(f"{index} names shard {shard!r} outside the checkpoint directory")
             if not (directory / shard).is_file():
                 raise HeadpatchError(f"{index} names shard {shard}, which is missing from {directory}")
+            _check_inside(directory, shard)
         return dict(mapping)
     if any(any(directory.glob(pattern)) for pattern in ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack")):
         raise HeadpatchError(f"{directory} has no safetensors weights, only other formats; {CONVERSION_HINT}")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
 from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
 from headpatch.io.card import render_card
-from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS
+from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
@@ -47,9 +49,20 @@ def export_checkpoint(
     return out
 
 
-def carried_files(source: Path) -> Iterator[tuple[Path, str]]:
+@dataclass(frozen=True)
+class Carried:
+    """The source files an export copies unchanged, and those it refuses because they link outside the source."""
+
+    files: list[tuple[Path, str]]  # (path, name relative to the source)
+    skipped: list[str]
+
+
+def carried_files(source: Path) -> Carried:
     """Source files an export copies unchanged: no weights of any format (the fold writes its own), no hidden files,
-    nothing the export writes itself."""
+    nothing the export writes itself, and only files that lie inside the source (or, for a Hub-cache snapshot, inside
+    its repository's blobs): a link to ~/.cache/huggingface/token must not be published."""
+    roots = source_roots(source)
+    files, skipped = [], []
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source).as_posix()
         if any(part.startswith(".") for part in path.relative_to(source).parts) or not path.is_file():
@@ -59,7 +72,11 @@ def carried_files(source: Path) -> Iterator[tuple[Path, str]]:
         if any(fnmatch.fnmatch(relative, pattern) or fnmatch.fnmatch(path.name, pattern)
                for pattern in OTHER_WEIGHT_PATTERNS):
             continue
-        yield path, relative
+        if resolves_inside(path, roots):
+            files.append((path, relative))
+        else:
+            skipped.append(relative)
+    return Carried(files, skipped)
 
 
 def add_to_card(out: Path, section: str) -> None:
@@ -68,10 +85,16 @@ def add_to_card(out: Path, section: str) -> None:
     write_text_atomic(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + section)
 
 
+def _warn_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def stream_export(
-    source: str | Path, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True
+    source: str | Path, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True,
+    warn: Callable[[str], None] = _warn_stderr,
 ) -> Path:
-    """Fold the record straight over the source's safetensors files into a new checkpoint directory."""
+    """Fold the record straight over the source's safetensors files into a new checkpoint directory; `warn` gets a
+    line naming the source files not carried because they link outside the source."""
     from transformers import AutoConfig
 
     source, out = Path(source).resolve(), Path(out).resolve()
@@ -83,8 +106,11 @@ def stream_export(
     layout = head_layout(config)
     record.check_fits(layout)
     plan = plan_fold(source, layout, record.coefficients())
+    carried = carried_files(source)
+    if carried.skipped:
+        warn(f"not carried (links outside the source): {', '.join(carried.skipped)}")
     with staged_output(out) as staging:
-        for path, relative in carried_files(source):
+        for path, relative in carried.files:
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, staging / relative)
         if plan.index is not None:

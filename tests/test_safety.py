@@ -1,0 +1,71 @@
+"""Safety of the export (issue 12): nothing outside the source is carried, nothing private is published, nothing
+non-finite is written, outputs are refused, staged, published and cleaned up as promised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from headpatch.architectures import head_layout
+from headpatch.io.files import write_record
+from headpatch.pear.fold import fold_weight
+from tests.conftest import invoke
+from tests.test_hub import _fake_cache
+from tests.test_stream import make_record, make_source, record_json
+
+SECRET = "hf_not_for_the_export"
+
+
+def _patch(tmp_path: Path, config, coefficients=None, **fields) -> Path:
+    """A patch.json for this config (default: one head scaled by 0.5), with record fields replaced."""
+    data = {**record_json(config, coefficients or {(0, 1): 0.5}), **fields}
+    path = tmp_path / "patch.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+def _export(source, patch, out, *extra, env=None):
+    return invoke("export", str(source), "--patch", str(patch), "-o", str(out), "-q", *extra, env=env)
+
+
+def _secret(tmp_path: Path) -> Path:
+    secret = tmp_path / "token"
+    secret.write_text(SECRET, encoding="utf-8")
+    secret.chmod(0o600)
+    return secret
+
+
+def _leaks(directory: Path, text: str) -> list[str]:
+    return [p.name for p in directory.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+# Defect 1: symlinks out of the source are not carried.
+
+def test_links_out_of_a_local_source_are_skipped_and_named(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    (source / "notes.txt").symlink_to(_secret(tmp_path))
+    (source / "kept.txt").write_text("kept", encoding="utf-8")
+    (source / "alias.txt").symlink_to(source / "kept.txt")  # a link that stays inside is carried, as a file
+    out = tmp_path / "out"
+    result = _export(source, _patch(tmp_path, model.config), out)
+    assert result.exit_code == 0, result.stderr
+    assert not (out / "notes.txt").exists() and _leaks(out, SECRET) == []
+    assert (out / "alias.txt").read_text(encoding="utf-8") == "kept" and not (out / "alias.txt").is_symlink()
+    assert "notes.txt" in result.stderr and "alias.txt" not in result.stderr
+
+
+def test_links_out_of_a_hub_snapshot_are_skipped_and_its_blobs_are_carried(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, True)
+    (source / "tokenizer_config.json").write_text("{}", encoding="utf-8")
+    _fake_cache(tmp_path / "hub", "tiny-org/tiny-llama", source)
+    snapshot = next((tmp_path / "hub" / "models--tiny-org--tiny-llama" / "snapshots").iterdir())
+    (snapshot / "notes.txt").symlink_to(_secret(tmp_path))
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = tmp_path / "out"
+    result = _export("tiny-org/tiny-llama", _patch(tmp_path, model.config), out, env=env)
+    assert result.exit_code == 0, result.stderr
+    assert (out / "tokenizer_config.json").is_file() and not (out / "notes.txt").exists()
+    assert _leaks(out, SECRET) == [] and "notes.txt" in result.stderr
