@@ -45,8 +45,14 @@ class Source:
 
     name: str  # what the user typed
     location: str  # Hub id or local directory
-    base_model: str  # the id to name as base_model in cards
+    base_model: str | None  # the Hub id to name as base_model in cards; None for local files, whose paths stay private
     revision: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """How tools that load the base on this machine (peft, QRHead) should name it: its Hub id, else its
+        directory."""
+        return self.base_model or self.location
 
 
 @dataclass
@@ -116,11 +122,11 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     if name.endswith(".gguf"):
         if not path.is_file():
             raise HeadpatchError(f"GGUF file {name} does not exist")
-        return Source(name, str(convert_gguf(path)), str(path.resolve()))
+        return Source(name, str(convert_gguf(path)), None)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise HeadpatchError(f"{name} is a directory without config.json, not a transformers checkpoint")
-        return Source(name, str(path.resolve()), str(path.resolve()))
+        return Source(name, str(path.resolve()), None)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise HeadpatchError(f"cannot read model {name!r}: not a checkpoint directory, .gguf file or Hub id")
     return Source(name, name, name, revision)

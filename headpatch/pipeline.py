@@ -175,7 +175,7 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say) -> Pa
     directory = checkpoint_dir(source)
     out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show,
                         warn=lambda message: say(message, err=True))
-    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.base_model, record, job.ia3, say)
+    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.reference, record, job.ia3, say)
     return out
 
 
@@ -219,7 +219,7 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
     else:
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
-        _save_ia3(head_layout(loaded.model.config), loaded.source.base_model, record, job.ia3, say)
+        _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job.ia3, say)
         out = export_step(loaded, record, job.export.output, job.export.overwrite, show, say)
     say(f"exported {len(record.coefficients())} patched heads -> {out}")
     if job.export.eval is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +152,7 @@ class PatchRecord:
     format_version: int = FORMAT_VERSION
     headpatch_version: str
     source: str  # what the user named: Hub id, directory, .gguf file or demo alias
-    base_model: str  # the Hub id of the base model where known
+    base_model: str | None = None  # the Hub id of the base model where known (0.1 wrote local paths here too)
     architecture: Architecture
     pear: Pear | None = None
     qrhead: QRHeads | None = None
@@ -185,6 +186,13 @@ class PatchRecord:
     def to_text(self) -> str:
         """The JSON text every record file holds."""
         return json.dumps(self.to_json(), indent=2) + "\n"
+
+    def published(self) -> PatchRecord:
+        """The record as an export publishes it: `base_model` only when it is a Hub id, a local source named by its
+        last path component, so that no local path (and the user name in it) reaches a public card or config."""
+        base_model = self.base_model if self.base_model is not None and is_hub_id(self.base_model) else None
+        source = self.source if is_hub_id(self.source) else re.split(r"[\\/]", self.source.rstrip("\\/"))[-1]
+        return dataclasses.replace(self, base_model=base_model, source=source)
 
     def config_metadata(self) -> dict[str, Any]:
         """The record as stored under `headpatch` in config.json: per-head scores of unselected heads left out."""
@@ -228,6 +236,14 @@ class PatchRecord:
         if self.architecture != Architecture.of(layout):
             raise HeadpatchError(f"the patch was made for another model: {to_plain(self.architecture)} does not "
                                  f"match {to_plain(Architecture.of(layout))}")
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether `name` has the form of a Hub repo id (owner/name), unlike /home/me/ckpt, ./ckpt or ~/ckpt."""
+    return _HUB_ID.fullmatch(name) is not None and ".." not in name and "--" not in name
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -69,3 +69,39 @@ def test_links_out_of_a_hub_snapshot_are_skipped_and_its_blobs_are_carried(tmp_p
     assert result.exit_code == 0, result.stderr
     assert (out / "tokenizer_config.json").is_file() and not (out / "notes.txt").exists()
     assert _leaks(out, SECRET) == [] and "notes.txt" in result.stderr
+
+
+# Defect 9: a local path is never published as base_model (nor as source).
+
+def _published_text(out: Path) -> str:
+    return "".join((out / name).read_text(encoding="utf-8") for name in ("README.md", "config.json", "headpatch.json"))
+
+
+def test_a_patch_from_0_1_naming_a_local_path_exports_without_it(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    patch = _patch(tmp_path, model.config, source=str(source), base_model=str(source))  # as 0.1 wrote them
+    out = tmp_path / "out"
+    assert _export(source, patch, out).exit_code == 0
+    assert str(tmp_path) not in _published_text(out)
+    record = json.loads((out / "headpatch.json").read_text(encoding="utf-8"))
+    assert record["source"] == source.name and "base_model" not in record
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["headpatch"]["source"] == source.name
+
+
+def test_a_model_trained_from_a_local_directory_names_it_by_its_directory_name(tmp_path):
+    source, _ = make_source(tmp_path, "llama", torch.float32, False)
+    out = tmp_path / "out"
+    result = invoke("export", str(source), "--heads", "0-1", "--steps", "1", "--batch-size", "2", "--n", "4",
+                    "-o", str(out), "-q")
+    assert result.exit_code == 0, result.stderr
+    assert str(tmp_path) not in _published_text(out)
+    record = json.loads((out / "headpatch.json").read_text(encoding="utf-8"))
+    assert record["source"] == source.name and "base_model" not in record
+
+
+def test_a_hub_id_stays_the_base_model(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out = tmp_path / "out"
+    assert _export(source, _patch(tmp_path, model.config, base_model="tiny-org/tiny-llama"), out).exit_code == 0
+    front = (out / "README.md").read_text(encoding="utf-8").split("---")[1]
+    assert "base_model: tiny-org/tiny-llama" in front

@@ -62,7 +62,7 @@ def train(
     record = train_step(loaded, record, options, show_progress=show)
     write_record(record, output)
     if ia3 is not None:
-        save_ia3_adapter(head_layout(loaded.model.config), record.coefficients(), ia3, loaded.source.base_model)
+        save_ia3_adapter(head_layout(loaded.model.config), record.coefficients(), ia3, loaded.source.reference)
         typer.echo(f"wrote IA3 adapter to {ia3}", err=True)
     before, after = record.pear.training.heldout_before, record.pear.training.heldout_after
     typer.echo(f"held-out copy loss {before.loss:.4f} -> {after.loss:.4f}, "

@@ -44,7 +44,7 @@ def detect(
     record = qrhead_step(loaded, None, chosen, name, k, show_progress=show)
     write_record(record, output)
     if yaml_out is not None:
-        write_yaml(yaml_out, record.qrhead.head_ids(), loaded.source.base_model)
+        write_yaml(yaml_out, record.qrhead.head_ids(), loaded.source.reference)
     typer.echo(f"top {k} QR heads: {', '.join(record.qrhead.heads)} -> {output}")
 
 

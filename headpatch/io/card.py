@@ -77,7 +77,7 @@ def _qrhead_section(qrhead: QRHeads | None, repo_hint: str) -> list[str]:
 def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint") -> str:
     """The README.md of an exported checkpoint."""
     data = ModelCardData(
-        base_model=record.base_model if "/" in record.base_model else None,
+        base_model=record.base_model,
         base_model_relation="finetune",
         library_name="transformers",
         pipeline_tag="text-generation",
@@ -85,7 +85,7 @@ def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint")
     )
     pear = record.pear
     body = [
-        f"# {record.base_model} with PEAR head re-weighting",
+        f"# {record.base_model or record.source} with PEAR head re-weighting",
         "",
         f"Made with headpatch {record.headpatch_version} from `{record.source}`. An ordinary transformers "
         "checkpoint: no custom code, no peft, no headpatch needed to use it.",

@@ -36,6 +36,7 @@ def export_checkpoint(
     """Fold the record's coefficients into a loaded `model` (in place) and save it with metadata and a model card."""
     out = Path(out).resolve()
     check_output_dir(out, overwrite, Path(source_dir) if source_dir else None)
+    record = record.published()
     layout = head_layout(model.config)
     record.check_fits(layout)
     coefficients = record.coefficients()
@@ -99,6 +100,7 @@ def stream_export(
 
     source, out = Path(source).resolve(), Path(out).resolve()
     check_output_dir(out, overwrite, source)
+    record = record.published()
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:

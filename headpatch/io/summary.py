@@ -27,7 +27,7 @@ def metadata_summary(config: dict[str, Any], name: str) -> str:
     pear = record.pear
     lines = [
         f"checkpoint: {name}",
-        f"base model: {record.base_model}  (made by headpatch {record.headpatch_version}, "
+        f"base model: {record.base_model or record.source}  (made by headpatch {record.headpatch_version}, "
         f"record format {record.format_version})",
         f"architecture: {record.to_json()['architecture']}",
     ]
