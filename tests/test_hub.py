@@ -223,7 +223,7 @@ def test_verify_passes_an_honest_export_and_catches_tampering(exported, tmp_path
         tensors[name][0, -1] += 1e-3
         save_file(tensors, shard, metadata={"format": "pt"})
     missing = invoke("verify", str(tmp_path / "absent"), "--base", str(source), "-q")
-    assert missing.exit_code == 2 and missing.stderr.startswith("headpatch: error: cannot read")
+    assert missing.exit_code == 2 and missing.stderr.startswith("headpatch: error: ") and "absent/config.json does not exist" in missing.stderr
     bad = runner.invoke(app, ["verify", str(tampered_dir), "--base", str(source), "-q"])
     assert bad.exit_code == 1
     assert "UNEXPECTED model.layers.1.mlp.down_proj.weight: changed, but the patch does not touch it" in bad.output
