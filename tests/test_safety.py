@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from headpatch.architectures import head_layout
-from headpatch.io.files import write_record
 from headpatch.pear.fold import fold_weight
 from tests.conftest import invoke
 from tests.test_hub import _fake_cache
-from tests.test_stream import make_record, make_source, record_json
+from tests.test_stream import make_source, record_json
 
 SECRET = "hf_not_for_the_export"
 
@@ -105,3 +105,37 @@ def test_a_hub_id_stays_the_base_model(tmp_path):
     assert _export(source, _patch(tmp_path, model.config, base_model="tiny-org/tiny-llama"), out).exit_code == 0
     front = (out / "README.md").read_text(encoding="utf-8").split("---")[1]
     assert "base_model: tiny-org/tiny-llama" in front
+
+
+# Defect 4: a coefficient that overflows the stored dtype is refused before anything is written.
+
+O_PROJ_0 = "model.layers.0.self_attn.o_proj.weight"
+
+
+@pytest.mark.parametrize(("dtype", "coefficient"), [(torch.float16, 1e30), (torch.float32, 1e39),
+                                                   (torch.bfloat16, 1e40)])
+def test_a_coefficient_that_overflows_the_stored_dtype_is_one_line_and_writes_nothing(tmp_path, dtype, coefficient):
+    source, model = make_source(tmp_path, "llama", dtype, False)
+    out = tmp_path / "out"
+    result = _export(source, _patch(tmp_path, model.config, {(0, 1): coefficient}), out)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("headpatch: error: ") and O_PROJ_0 in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([source.name, "patch.json"])
+
+
+def test_verify_does_not_call_a_non_finite_tensor_patched_as_recorded(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float16, False)
+    out = tmp_path / "out"
+    assert _export(source, _patch(tmp_path, model.config, {(0, 1): 0.5}), out).exit_code == 0
+    # An export made by a tool that did not check: the recorded coefficient and the tensor both overflow.
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config["headpatch"]["pear"]["coefficients"]["0-1"] = 1e30
+    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    tensors = load_file(out / "model.safetensors")
+    tensors[O_PROJ_0] = fold_weight(load_file(source / "model.safetensors")[O_PROJ_0], head_layout(model.config),
+                                    {1: 1e30})
+    assert not torch.isfinite(tensors[O_PROJ_0]).all()
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    result = invoke("verify", str(out), "--base", str(source), "-q")
+    assert result.exit_code == 1 and f"UNEXPECTED {O_PROJ_0}" in result.stdout and "0 patched as recorded" in \
+        result.stdout

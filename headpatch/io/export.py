@@ -17,7 +17,7 @@ from headpatch.io.atomic import check_output_dir, staged_output, write_text_atom
 from headpatch.io.card import render_card
 from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, resolves_inside, source_roots
 from headpatch.io.files import write_record
-from headpatch.io.stream import plan_fold, write_folded_shards
+from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
 from headpatch.record import PatchRecord
 
@@ -108,6 +108,7 @@ def stream_export(
     layout = head_layout(config)
     record.check_fits(layout)
     plan = plan_fold(source, layout, record.coefficients())
+    check_folds(plan, layout)
     carried = carried_files(source)
     if carried.skipped:
         warn(f"not carried (links outside the source): {', '.join(carried.skipped)}")

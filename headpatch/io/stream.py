@@ -14,7 +14,7 @@ from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads
 from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, Shard, read_shards, read_tensor, weight_files
-from headpatch.pear.fold import by_layer, fold_weight
+from headpatch.pear.fold import by_layer, finite_fold
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,21 @@ def plan_fold(directory: Path, layout: HeadLayout, coefficients: dict[Head, floa
     return FoldPlan(directory, mapping, shards, tuple(patched), index)
 
 
+def folded_tensor(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> torch.Tensor:
+    """The patched tensor's new value: float32 multiply, cast back to the stored dtype, checked finite there."""
+    return finite_fold(read_tensor(plan.shards[tensor.shard], tensor.name), layout, tensor.heads, tensor.name)
+
+
+def check_folds(plan: FoldPlan, layout: HeadLayout) -> None:
+    """Fold every patched tensor once before anything is written, so an overflowing coefficient writes nothing
+    (one extra read of the output projections, a small part of the checkpoint)."""
+    for tensor in plan.patched:
+        folded_tensor(plan, tensor, layout)
+
+
 def folded_bytes(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> memoryview:
-    """The patched tensor's new bytes: float32 multiply, cast back to the stored dtype, same shape."""
-    weight = read_tensor(plan.shards[tensor.shard], tensor.name)
-    folded = fold_weight(weight, layout, tensor.heads).contiguous()
+    """The patched tensor's new bytes, same shape and dtype."""
+    folded = folded_tensor(plan, tensor, layout).contiguous()
     return memoryview(folded.reshape(-1).view(dtype=torch.uint8).numpy())
 
 

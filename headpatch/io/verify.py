@@ -50,6 +50,8 @@ def _same_bytes(first: Shard, second: Shard, name: str) -> bool:
 def _patched_problem(base: Shard, out: Shard, name: str, layout: HeadLayout, heads: dict[int, float]) -> str | None:
     expected = fold_weight(read_tensor(base, name), layout, heads)
     actual = read_tensor(out, name)
+    if not torch.isfinite(actual).all():  # inf == inf: an overflowed patch would otherwise pass as recorded
+        return f"{name}: holds non-finite values (inf or NaN)"
     if torch.equal(expected, actual):
         return None
     diff = (expected.float() - actual.float()).abs().max().item()
