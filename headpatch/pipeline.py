@@ -145,14 +145,37 @@ def export_step(
                          warn=lambda message: say(message, err=True))
 
 
-def _save_ia3(layout: HeadLayout, base_model: str, record: PatchRecord, directory: Path | None,
-              say: Say) -> None:
-    if directory is None:
-        return
+IA3_MARKER = "adapter_config.json"  # every adapter written by save_ia3 holds it
+
+
+def check_ia3_dir(directory: Path, overwrite: bool, source_dir: Path | None, output: Path | None = None) -> None:
+    """An adapter directory follows the export's output rules: apart from the source (and the export), empty unless
+    `overwrite` finds an earlier adapter there."""
+    from headpatch.io.atomic import check_apart, check_output_dir
+
+    check_output_dir(directory, overwrite, source_dir, marker=IA3_MARKER)
+    if output is not None:
+        check_apart(directory, output, "the export")
+
+
+def save_ia3(layout: HeadLayout, record: PatchRecord, directory: Path, base: str, overwrite: bool,
+             source_dir: Path | None) -> Path:
+    """Write the record's coefficients as a peft IA3 adapter, staged beside `directory` and renamed into place."""
+    from headpatch.io.atomic import staged_output
     from headpatch.pear.ia3 import save_ia3_adapter
 
-    save_ia3_adapter(layout, record.coefficients(), directory, base_model)
-    say(f"wrote IA3 adapter to {directory}", err=True)
+    check_ia3_dir(directory, overwrite, source_dir)
+    directory = directory.resolve()
+    with staged_output(directory) as staging:
+        save_ia3_adapter(layout, record.coefficients(), staging, base)
+    return directory
+
+
+def _save_ia3(layout: HeadLayout, base: str, record: PatchRecord, job: ExportJob, source_dir: Path | None,
+              say: Say) -> None:
+    if job.ia3 is None:
+        return
+    say(f"wrote IA3 adapter to {save_ia3(layout, record, job.ia3, base, job.export.overwrite, source_dir)}", err=True)
 
 
 @dataclass(frozen=True)
@@ -173,9 +196,11 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say) -> Pa
 
     source = resolve_source(job.model, job.revision)
     directory = checkpoint_dir(source)
+    if job.ia3 is not None:  # refused before the export is written, not after
+        check_ia3_dir(job.ia3, job.export.overwrite, directory)
     out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show,
                         warn=lambda message: say(message, err=True))
-    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.reference, record, job.ia3, say)
+    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.reference, record, job, directory, say)
     return out
 
 
@@ -198,7 +223,7 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
     """Run one export job: locate, train, detect, fold, then evaluate and push as asked. `say` gets progress lines."""
     from headpatch.io.atomic import check_output_dir
     from headpatch.io.files import read_record
-    from headpatch.io.hub import PushOptions, push_folder
+    from headpatch.io.hub import PushOptions, cached_checkpoint_dir, push_folder
     from headpatch.loading import load_model
     from headpatch.qrhead.detect import detection_examples
 
@@ -208,6 +233,8 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
         raise HeadpatchError("give the output directory with -o")
     show = not job.quiet
     check_output_dir(job.export.output, job.export.overwrite)
+    if job.ia3 is not None:
+        check_ia3_dir(job.ia3, job.export.overwrite, None, job.export.output)
     push = job.export.push_to_hub
     record = read_record(job.patch) if job.patch is not None else None
     qr_examples = None  # read before any model work, so bad data fails fast
@@ -219,7 +246,8 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
     else:
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
-        _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job.ia3, say)
+        _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job,
+                  cached_checkpoint_dir(loaded.source), say)
         out = export_step(loaded, record, job.export.output, job.export.overwrite, show, say)
     say(f"exported {len(record.coefficients())} patched heads -> {out}")
     if job.export.eval is not None:

@@ -139,3 +139,45 @@ def test_verify_does_not_call_a_non_finite_tensor_patched_as_recorded(tmp_path):
     result = invoke("verify", str(out), "--base", str(source), "-q")
     assert result.exit_code == 1 and f"UNEXPECTED {O_PROJ_0}" in result.stdout and "0 patched as recorded" in \
         result.stdout
+
+
+# Defect 2: --ia3 DIR follows the rules of the export's output.
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", [".", "adapter"])
+def test_an_ia3_adapter_inside_the_source_is_refused_and_nothing_is_written(tmp_path, where):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    (source / "adapter_config.json").write_text("{}", encoding="utf-8")  # even where an adapter seems to lie
+    before, out = _tree(source), tmp_path / "out"
+    result = _export(source, _patch(tmp_path, model.config), out, "--ia3", str(source / where), "--overwrite")
+    assert result.exit_code == 2 and "overlaps" in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert _tree(source) == before and not out.exists()
+
+
+def test_an_ia3_adapter_inside_the_export_is_refused(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out = tmp_path / "out"
+    result = _export(source, _patch(tmp_path, model.config), out, "--ia3", str(out / "adapter"))
+    assert result.exit_code == 2 and "overlaps" in result.stderr and not out.exists()
+
+
+def test_an_ia3_adapter_is_replaced_only_with_overwrite_and_only_over_an_earlier_adapter(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    patch, adapter = _patch(tmp_path, model.config), tmp_path / "adapter"
+    assert _export(source, patch, tmp_path / "out1", "--ia3", str(adapter)).exit_code == 0
+    first = _tree(adapter)
+    assert "adapter_config.json" in first
+    again = _export(source, patch, tmp_path / "out2", "--ia3", str(adapter))
+    assert again.exit_code == 2 and "not empty" in again.stderr and not (tmp_path / "out2").exists()
+    assert _tree(adapter) == first
+    assert _export(source, patch, tmp_path / "out2", "--ia3", str(adapter), "--overwrite").exit_code == 0
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine", encoding="utf-8")
+    refused = _export(source, patch, tmp_path / "out3", "--ia3", str(precious), "--overwrite")
+    assert refused.exit_code == 2 and "adapter_config.json" in refused.stderr
+    assert _tree(precious) == {"keep.txt": b"mine"} and not (tmp_path / "out3").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]

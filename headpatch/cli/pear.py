@@ -44,17 +44,19 @@ def train(
     steps: flags.Steps = TRAIN.steps, batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
     lr: flags.Lr = TRAIN.lr, warmup_steps: flags.WarmupSteps = TRAIN.warmup_steps, seed: flags.Seed = TRAIN.seed,
     dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
-    ia3: flags.Ia3 = None, quiet: flags.Quiet = False,
+    ia3: flags.Ia3 = None, overwrite: flags.Overwrite = False, quiet: flags.Quiet = False,
 ) -> None:
     """Learn one coefficient per head with the model frozen."""
     from headpatch.architectures import head_layout
     from headpatch.io.files import write_record
+    from headpatch.io.hub import cached_checkpoint_dir
     from headpatch.loading import load_model
-    from headpatch.pear.ia3 import save_ia3_adapter
-    from headpatch.pipeline import heads_record, train_step
+    from headpatch.pipeline import check_ia3_dir, heads_record, save_ia3, train_step
 
     show = progress_enabled(quiet)
     options = TrainOptions(steps=steps, batch_size=batch_size, n=n, lr=lr, warmup_steps=warmup_steps, seed=seed)
+    if ia3 is not None:  # refused before the training run, not after it
+        check_ia3_dir(ia3, overwrite, None)
     loaded = load_model(model, dtype, device, revision)
     record = heads_record(loaded, heads)
     if k is not None:
@@ -62,8 +64,9 @@ def train(
     record = train_step(loaded, record, options, show_progress=show)
     write_record(record, output)
     if ia3 is not None:
-        save_ia3_adapter(head_layout(loaded.model.config), record.coefficients(), ia3, loaded.source.reference)
-        typer.echo(f"wrote IA3 adapter to {ia3}", err=True)
+        written = save_ia3(head_layout(loaded.model.config), record, ia3, loaded.source.reference, overwrite,
+                           cached_checkpoint_dir(loaded.source))
+        typer.echo(f"wrote IA3 adapter to {written}", err=True)
     before, after = record.pear.training.heldout_before, record.pear.training.heldout_after
     typer.echo(f"held-out copy loss {before.loss:.4f} -> {after.loss:.4f}, "
                f"accuracy {before.copy_accuracy} -> {after.copy_accuracy} -> {output}")

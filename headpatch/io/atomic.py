@@ -29,6 +29,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def check_apart(out: Path, other: Path, what: str) -> None:
+    """Refuse an output directory that is, holds or lies inside `other` (`what` names it in the message)."""
+    out, other = out.resolve(), other.resolve()
+    if out == other or other in out.parents or out in other.parents:
+        raise HeadpatchError(f"output directory {out} overlaps {what} {other}")
+
+
 def check_output_dir(
     out: Path, overwrite: bool, source_dir: Path | None = None, marker: str = "headpatch.json"
 ) -> None:
@@ -36,9 +43,7 @@ def check_output_dir(
     `marker` (the file every earlier run of the same kind wrote), so --overwrite never deletes an unrelated folder."""
     out = out.resolve()
     if source_dir is not None:
-        source_dir = source_dir.resolve()
-        if out == source_dir or source_dir in out.parents or out in source_dir.parents:
-            raise HeadpatchError(f"output directory {out} overlaps the source checkpoint {source_dir}")
+        check_apart(out, source_dir, "the source checkpoint")
     if out.exists():
         if not out.is_dir():
             raise HeadpatchError(f"output path {out} exists and is not a directory")
