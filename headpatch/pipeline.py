@@ -166,7 +166,7 @@ def save_ia3(layout: HeadLayout, record: PatchRecord, directory: Path, base: str
 
     check_ia3_dir(directory, overwrite, source_dir)
     directory = directory.resolve()
-    with staged_output(directory) as staging:
+    with staged_output(directory, overwrite, marker=IA3_MARKER) as staging:
         save_ia3_adapter(layout, record.coefficients(), staging, base)
     return directory
 

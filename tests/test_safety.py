@@ -4,6 +4,10 @@ non-finite is written, outputs are refused, staged, published and cleaned up as 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +185,98 @@ def test_an_ia3_adapter_is_replaced_only_with_overwrite_and_only_over_an_earlier
     assert refused.exit_code == 2 and "adapter_config.json" in refused.stderr
     assert _tree(precious) == {"keep.txt": b"mine"} and not (tmp_path / "out3").exists()
     assert not [p.name for p in tmp_path.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+# Defects 6 and 3: signals leave no staging directory, a killed run's is removed, racing exports have one winner.
+
+# A child running `headpatch export ARGS...` whose fold prints "folding" and then waits for the file GO (or for ever)
+# before writing the patched tensor, so the parent can act while the staging directory exists.
+SLOW_EXPORT = r"""
+import os, sys, time
+import headpatch.io.stream as stream
+go, args = sys.argv[1], sys.argv[2:]
+real = stream.folded_bytes
+def waiting(*a, **k):
+    print("folding", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.05)
+    return real(*a, **k)
+stream.folded_bytes = waiting
+sys.argv = ["headpatch", "export", *args, "-q"]
+from headpatch.cli import main
+main()
+"""
+
+
+def _slow_export(source: Path, patch: Path, out: Path, go: Path) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", SLOW_EXPORT, str(go), str(source), "--patch", str(patch),
+                              "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[1])
+    assert child.stdout.readline() == "folding\n", child.communicate(timeout=60)
+    return child
+
+
+def _staging(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_mid_fold_leave_no_staging_directory(tmp_path, signum):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out = tmp_path / "out"
+    child = _slow_export(source, _patch(tmp_path, model.config), out, tmp_path / "go")
+    assert _staging(out) != []
+    child.send_signal(signum)
+    child.communicate(timeout=60)
+    assert child.returncode in (128 + signum, -signum) and _staging(out) == [] and not out.exists()
+
+
+def test_a_staging_directory_left_by_sigkill_is_removed_by_the_next_export(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out, patch = tmp_path / "out", _patch(tmp_path, model.config)
+    child = _slow_export(source, patch, out, tmp_path / "go")
+    child.kill()
+    child.communicate(timeout=60)
+    assert len(_staging(out)) == 1
+    assert _export(source, patch, out).exit_code == 0
+    assert _staging(out) == [] and (out / "headpatch.json").is_file()
+
+
+def test_of_two_racing_exports_to_one_output_exactly_one_wins(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out, patch, go = tmp_path / "out", _patch(tmp_path, model.config), tmp_path / "go"
+    children = [_slow_export(source, patch, out, go) for _ in range(2)]  # both past the output check
+    go.touch()
+    results = [(child.wait(timeout=120), child.stderr.read()) for child in children]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    assert loser.startswith("headpatch: error: ") and loser.count("\n") == 1 and str(out) in loser
+    assert (out / "headpatch.json").is_file() and _staging(out) == []
+
+
+def test_without_renameat2_a_lock_file_still_refuses_to_replace(tmp_path, monkeypatch):
+    from headpatch.io import atomic
+
+    monkeypatch.setattr(atomic, "_renameat2", lambda: None)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(FileExistsError):
+        atomic.rename_noreplace(tmp_path / "a", tmp_path / "b")
+    atomic.rename_noreplace(tmp_path / "a", tmp_path / "c")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c"]
+
+
+# Defect 15: every file of the export gets the normal mode, and the publishing rename is made durable.
+
+def test_every_exported_file_has_the_normal_mode_and_the_parent_directory_is_fsynced(tmp_path, monkeypatch):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out, synced, real_fsync = tmp_path / "out", [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd))[1])
+    umask = os.umask(0o022)
+    try:
+        assert _export(source, _patch(tmp_path, model.config), out).exit_code == 0
+    finally:
+        os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
+    assert set(modes.values()) == {oct(0o644)} and {"headpatch.json", "README.md", "config.json"} <= set(modes)
+    assert oct(out.stat().st_mode & 0o777) == oct(0o755) and tmp_path.stat().st_ino in synced

@@ -107,7 +107,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, overwrite: bool =
     `overwrite` and it holds an earlier report."""
     out = Path(out_dir).resolve()
     check_output_dir(out, overwrite, marker=RESULTS)
-    with staged_output(out) as staging:
+    with staged_output(out, overwrite, marker=RESULTS) as staging:
         (staging / RESULTS).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         figures = draw_figures(results, staging)
         (staging / "report.md").write_text(report_markdown(results, figures))

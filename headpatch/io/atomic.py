@@ -1,23 +1,55 @@
-"""Outputs written whole or not at all: a file or a directory is staged beside its target, fsynced, then renamed."""
+"""Outputs written whole or not at all: a file or a directory is staged beside its target, fsynced, then renamed.
+
+A directory is published with a rename that cannot replace (so two runs racing to one output cannot both win, and a
+directory that appears meanwhile is never deleted); SIGTERM and SIGHUP remove the staging directory like Ctrl-C does,
+and one left by SIGKILL is removed by the next run to the same output.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from headpatch.errors import HeadpatchError
 
+_RENAME_NOREPLACE = 1  # linux/fs.h
+_AT_FDCWD = -100
+_CLEANUP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_LOCK_WAIT_S = 10.0
+
+
+def _normal_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() would give under the current umask (mkstemp/mkdtemp make private ones)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or a new entry in `directory` durable (a file's fsync does not cover its directory entry)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Replace `path` with `text` so that readers see the old file or the new one, never a partial one."""
+    """Replace `path` with UTF-8 `text` so that readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(tmp, _normal_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -26,6 +58,7 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
 
 
@@ -55,40 +88,174 @@ def check_output_dir(
                                      "refusing to replace it even with --overwrite")
 
 
+def _renameat2() -> object | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # not Linux, or a C library older than glibc 2.28
+        return None
+
+
+def _rename_locked(source: Path, target: Path) -> None:
+    """The fallback where the kernel cannot refuse the replacement: a lock file beside `target` serialises the
+    check-then-rename of every headpatch run."""
+    lock = target.parent / f".{target.name}.lock"
+    deadline = time.monotonic() + _LOCK_WAIT_S
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            if time.monotonic() > deadline:
+                raise HeadpatchError(f"{lock} has been held for {_LOCK_WAIT_S:.0f} s; remove it if no export of "
+                                     f"{target} is running") from None
+            time.sleep(0.05)
+    try:
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(source, target)
+    finally:
+        os.close(fd)
+        lock.unlink()
+
+
+def rename_noreplace(source: Path, target: Path) -> None:
+    """Rename `source` to `target`, raising FileExistsError if `target` exists (a plain rename silently replaces an
+    empty directory, or a file): renameat2(RENAME_NOREPLACE) where the kernel has it, a lock file otherwise."""
+    call = _renameat2()
+    if call is not None:
+        if call(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_NOREPLACE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL):  # those two: this kernel or filesystem lacks the flag
+            raise OSError(code, os.strerror(code), str(target))
+    _rename_locked(source, target)
+
+
 def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
+    for path in [*root.rglob("*"), root]:
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+        elif path.is_dir():
+            fsync_dir(path)
 
 
-def publish_dir(staging: Path, out: Path) -> None:
-    """Move a finished staging directory into place, replacing `out` only once the new one is complete."""
-    _fsync_tree(staging)
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp made it private; the output gets the permissions of a normal mkdir
-    if not out.exists():
-        staging.rename(out)
-        return
+def _taken(out: Path) -> HeadpatchError:
+    return HeadpatchError(f"output directory {out} was created or filled by someone else while this run wrote "
+                          "(another export to the same output?); nothing was replaced")
+
+
+def _publish_new(staging: Path, out: Path) -> None:
+    """Publish where `out` was absent or empty when checked: an empty `out` is removed (rmdir fails if it has been
+    filled since), then the rename refuses an `out` that appeared meanwhile."""
+    if out.is_dir() and not out.is_symlink():
+        try:
+            out.rmdir()
+        except OSError:
+            raise _taken(out) from None
+    try:
+        rename_noreplace(staging, out)
+    except FileExistsError:
+        raise _taken(out) from None
+
+
+def _publish_over(staging: Path, out: Path, marker: str) -> None:
+    """Replace an earlier run's output (checked again now: it must still hold `marker`): moved aside, the new one
+    renamed in without replacing, the old one put back if that fails."""
+    check_output_dir(out, True, marker=marker)
     retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     out.rename(retired / "old")
     try:
-        staging.rename(out)
+        rename_noreplace(staging, out)
+    except FileExistsError:
+        raise HeadpatchError(f"output directory {out} was recreated by someone else while this run wrote; the "
+                             f"earlier output is kept at {retired / 'old'}") from None
     except BaseException:
         (retired / "old").rename(out)
         raise
     shutil.rmtree(retired, ignore_errors=True)
 
 
-@contextmanager
-def staged_output(out: Path) -> Iterator[Path]:
-    """A staging directory beside `out` that becomes `out` only if the block finishes; removed otherwise."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+def publish_dir(staging: Path, out: Path, overwrite: bool = False, marker: str = "headpatch.json") -> None:
+    """Move a finished staging directory into place: never over anything that appeared since the output was checked,
+    and over an earlier run's output (holding `marker`) only with `overwrite`."""
+    _fsync_tree(staging)
+    staging.chmod(_normal_mode(directory=True))
+    if overwrite and out.exists() and any(out.iterdir()):
+        _publish_over(staging, out, marker)
+    else:
+        _publish_new(staging, out)
+    fsync_dir(out.parent)
+
+
+def _staging_prefix(out: Path) -> str:
+    return f".{out.name}.partial-"
+
+
+def _alive(pid: int) -> bool:
     try:
-        yield staging
-        publish_dir(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove staging directories of `out` whose process is gone (killed by SIGKILL or a power cut); return them.
+    Their names carry the writer's process id, so a run still writing is left alone."""
+    removed = []
+    for path in out.parent.glob(_staging_prefix(out) + "*"):
+        pid = path.name[len(_staging_prefix(out)):].split("-", 1)[0]
+        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt so the staging directory is removed, then the
+    process exits with 128 + the signal number, as the shell reports a signalled process."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated(signum)
+
+
+@contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP (timeout, Slurm, docker stop, a closed terminal) unwind it instead of
+    killing the process on the spot; only the main thread can install handlers, elsewhere nothing changes."""
+    try:
+        previous = {signum: signal.signal(signum, _raise_terminated) for signum in _CLEANUP_SIGNALS}
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    except _Terminated as exc:
+        raise SystemExit(128 + exc.signum) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def staged_output(out: Path, overwrite: bool = False, marker: str = "headpatch.json") -> Iterator[Path]:
+    """A staging directory beside `out` that becomes `out` only if the block finishes; removed otherwise, on SIGTERM
+    and SIGHUP too. `overwrite` and `marker` as for check_output_dir, checked again when publishing."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(out)
+    with _cleanup_on_signals():
+        staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=out.parent))
+        try:
+            yield staging
+            publish_dir(staging, out, overwrite, marker)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise

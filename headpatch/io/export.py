@@ -40,7 +40,7 @@ def export_checkpoint(
     layout = head_layout(model.config)
     record.check_fits(layout)
     coefficients = record.coefficients()
-    with staged_output(out) as staging:
+    with staged_output(out, overwrite) as staging:
         fold_model(model, layout, coefficients)
         model.config.headpatch = record.config_metadata()
         model.save_pretrained(staging)
@@ -112,7 +112,7 @@ def stream_export(
     carried = carried_files(source)
     if carried.skipped:
         warn(f"not carried (links outside the source): {', '.join(carried.skipped)}")
-    with staged_output(out) as staging:
+    with staged_output(out, overwrite) as staging:
         for path, relative in carried.files:
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, staging / relative)
