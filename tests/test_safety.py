@@ -280,3 +280,28 @@ def test_every_exported_file_has_the_normal_mode_and_the_parent_directory_is_fsy
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()}
     assert set(modes.values()) == {oct(0o644)} and {"headpatch.json", "README.md", "config.json"} <= set(modes)
     assert oct(out.stat().st_mode & 0o777) == oct(0o755) and tmp_path.stat().st_ino in synced
+
+
+# Defect 8: text is read and written as UTF-8 whatever the locale.
+
+def test_the_export_works_under_an_ascii_locale(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, True)
+    (source / "chat_template.jinja").write_text("{{ 'Δπ – ünïcode' }}", encoding="utf-8")
+    index = source / "model.safetensors.index.json"
+    data = json.loads(index.read_text(encoding="utf-8"))
+    index.write_text(json.dumps({**data, "metadata": {**data["metadata"], "note": "Δπ"}}, ensure_ascii=False),
+                     encoding="utf-8")
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUTF8", "PYTHONIOENCODING", "LANG", "LC_CTYPE")}
+    # LC_ALL=C alone turns on Python's UTF-8 mode (PEP 538/540); these two keep the locale's ASCII, as Windows'
+    # code pages and non-UTF-8 locales do.
+    env.update(LC_ALL="C", PYTHONUTF8="0", PYTHONCOERCECLOCALE="0")
+    code = "import sys; from headpatch.cli import main; sys.argv[0] = 'headpatch'; main()"
+    result = subprocess.run([sys.executable, "-c", code, "export", str(source), "--patch",
+                             str(_patch(tmp_path, model.config)), "-o", str(out), "-q"], capture_output=True,
+                            env=env, cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert result.returncode == 0, result.stderr.decode("utf-8", "replace")
+    assert "Δπ" in (out / "README.md").read_text(encoding="utf-8")
+    shown = subprocess.run([sys.executable, "-c", code, "inspect", str(out)], capture_output=True, env=env,
+                           cwd=Path(__file__).resolve().parents[1], timeout=300)
+    assert shown.returncode == 0, shown.stderr.decode("utf-8", "replace")

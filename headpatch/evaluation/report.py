@@ -108,7 +108,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path, overwrite: bool =
     out = Path(out_dir).resolve()
     check_output_dir(out, overwrite, marker=RESULTS)
     with staged_output(out, overwrite, marker=RESULTS) as staging:
-        (staging / RESULTS).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        (staging / RESULTS).write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         figures = draw_figures(results, staging)
-        (staging / "report.md").write_text(report_markdown(results, figures))
+        (staging / "report.md").write_text(report_markdown(results, figures), encoding="utf-8")
     return out

@@ -133,7 +133,7 @@ def weight_files(directory: Path) -> dict[str, str]:
     if index.is_file():
         _check_inside(directory, INDEX_FILE)
         try:
-            mapping = json.loads(index.read_text())["weight_map"]
+            mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
             raise HeadpatchError(f"{index} is not a readable safetensors index: {exc}") from exc
         for shard in sorted(set(mapping.values())):

@@ -32,7 +32,7 @@ def _weight_files_to_fetch(repo_id: str, revision: str | None) -> list[str]:
     except EntryNotFoundError:
         pass
     try:
-        index = json.loads(Path(hf_hub_download(repo_id, INDEX_FILE, revision=revision)).read_text())
+        index = json.loads(Path(hf_hub_download(repo_id, INDEX_FILE, revision=revision)).read_text(encoding="utf-8"))
     except EntryNotFoundError:
         return []  # weight_files() then explains that only other formats exist
     return [INDEX_FILE, *sorted(set(index.get("weight_map", {}).values()))]
