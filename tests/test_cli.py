@@ -92,7 +92,8 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, tiny_dir, ar
     other_patch.write_text(json.dumps({
         "format_version": 1, "headpatch_version": "0", "source": "x", "base_model": "x",
         "architecture": {"model_type": "llama", "num_layers": 30, "num_heads": 9, "head_dim": 64},
-        "pear": {"heads": ["0-0"], "coefficients": {"0-0": 0.5}}}))
+        "pear": {"heads": ["0-0"], "location": {"method": "given by the user", "k": 1},
+                 "coefficients": {"0-0": 0.5}}}))
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text("{not json")
     occupied = tmp_path / "occupied"

@@ -8,7 +8,9 @@ from safetensors.torch import load_file
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
+from headpatch.record import PatchRecord
 from headpatch.io.export import export_checkpoint
+from headpatch.io.files import read_record
 from headpatch.loading import load_model
 from headpatch.pipeline import export_step, given_heads_record
 from tests.conftest import run_fresh
@@ -145,8 +147,11 @@ def test_export_keeps_dtype_and_folds_conv1d_rows(tmp_path, dtype):
 def test_existing_output_is_refused_unless_overwrite(tmp_path):
     model = tiny_model("llama")
     layout = head_layout(model.config)
-    record = {"format_version": 1, "headpatch_version": "x", "source": "s", "base_model": "b",
-              "architecture": layout.to_dict(), "pear": {"heads": ["0-1"], "coefficients": {"0-1": 0.5}}}
+    record = PatchRecord.from_json({
+        "format_version": 1, "headpatch_version": "x", "source": "s", "base_model": "b",
+        "architecture": layout.to_dict(),
+        "pear": {"heads": ["0-1"], "location": {"method": "given by the user", "k": 1}, "coefficients": {"0-1": 0.5}},
+    })
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -178,7 +183,7 @@ def test_output_inside_the_source_is_refused(tmp_path):
 
 def test_a_patch_for_another_model_is_refused(tmp_path):
     _, out = _tiny_export(tmp_path, "llama", torch.float32, {(0, 0): 0.5})
-    record = json.loads((out / "headpatch.json").read_text())
+    record = read_record(out / "headpatch.json")
     other = tiny_model("llama", num_attention_heads=8, head_dim=8)
     with pytest.raises(HeadpatchError, match="another model"):
         export_checkpoint(other, None, record, tmp_path / "other")
