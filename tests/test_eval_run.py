@@ -17,6 +17,7 @@ from headpatch.evaluation.tasks.mdqa import MdqaSetting
 from headpatch.evaluation.tasks.niah import NiahSetting
 from headpatch.evaluation.tasks.ppl import PplSetting
 from headpatch.evaluation.tasks.retrieval import RetrievalSetting
+from tests.test_qrhead_retriever import exported_metadata
 from tests.tiny import tiny_model
 
 TINY_SETTINGS = {
@@ -44,7 +45,7 @@ def checkpoints(smollm2, tmp_path_factory):
     root = tmp_path_factory.mktemp("eval-models")
     base = _save(root / "base", smollm2.tokenizer, 0)
     patched = _save(root / "patched", smollm2.tokenizer, 1,
-                    {"source": str(base), "base_model": "nobody/not-a-model", "qrhead": {"heads": ["2-1", "0-3"]}})
+                    exported_metadata(["2-1", "0-3"], source=str(base), base_model="nobody/not-a-model"))
     plain = _save(root / "plain", smollm2.tokenizer, 2)
     return {"base": base, "patched": patched, "plain": plain}
 

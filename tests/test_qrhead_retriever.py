@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,14 +100,27 @@ def test_smollm2_batched_scores_equal_single_scores(smollm2):
     assert max(abs(v) for s in single for v in s) > 1e-2
 
 
+def exported_metadata(qr_heads: list[str] | None, **identity: str) -> dict:
+    """config.json's headpatch section of an export of a tiny Llama (tests/data/records_v1), with these QR heads
+    (none: no QR part) and `identity` (source, base_model) replaced."""
+    metadata = json.loads((Path(__file__).parent / "data" / "records_v1" / "config-headpatch.json").read_text())
+    metadata.update(identity)
+    if qr_heads is None:
+        del metadata["qrhead"]
+    else:
+        metadata["qrhead"].update(heads=qr_heads, scores={head: 0.5 for head in qr_heads})
+        metadata["qrhead"]["detection"]["k"] = len(qr_heads)
+    return metadata
+
+
 def test_from_pretrained_reads_heads_from_config(tiny_lm, tmp_path):
     heads = ["2-1", "0-3"]
-    with_heads = _checkpoint(tiny_lm, tmp_path / "with", {"qrhead": {"heads": heads}})
+    with_heads = _checkpoint(tiny_lm, tmp_path / "with", exported_metadata(heads))
     retriever = QRRetriever.from_pretrained(with_heads)
     assert retriever.heads == [(2, 1), (0, 3)]
     assert retriever.score("q", DOCS) == QRRetriever(*tiny_lm, heads).score("q", DOCS)
 
-    without = _checkpoint(tiny_lm, tmp_path / "without", {"pear": {"heads": ["0-0"]}})
+    without = _checkpoint(tiny_lm, tmp_path / "without", exported_metadata(None))
     with pytest.raises(HeadpatchError, match="has no QR heads in config.json") as info:
         QRRetriever.from_pretrained(without)
     assert "\n" not in str(info.value)
