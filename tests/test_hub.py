@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-import httpx2
 import pytest
 import torch
 from huggingface_hub import set_client_factory
+from huggingface_hub.utils import _http as hub_http
 from huggingface_hub.utils._http import default_client_factory
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
@@ -21,6 +21,9 @@ from headpatch.io.files import write_record
 from tests.conftest import invoke
 from tests.test_stream import COEFFICIENTS, make_record, make_source
 
+# the HTTP client huggingface_hub talks through: httpx2 from 2.0, httpx in 1.x (the supported range has both)
+httpx = getattr(hub_http, "httpx2", None) or hub_http.httpx
+
 SECRET = "hf_headpatch_test_secret_token"
 
 
@@ -28,36 +31,36 @@ class FakeHub:
     """Answers the Hub endpoints that create_repo + upload_folder use, recording what it received."""
 
     def __init__(self, fail_commit: bool = False, existing_public: bool = False) -> None:
-        self.requests: list[httpx2.Request] = []
+        self.requests: list[httpx.Request] = []
         self.fail_commit = fail_commit
         self.existing_public = existing_public
         self.private = False
 
-    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+    def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path = request.url.path
         if path == "/api/repos/create":
             if self.existing_public:
-                return httpx2.Response(409, json={"error": "You already created this model repo",
+                return httpx.Response(409, json={"error": "You already created this model repo",
                                                   "url": "https://huggingface.co/me/pear"})
             self.private = json.loads(request.content)["visibility"] == "private"
-            return httpx2.Response(200, json={"url": "https://huggingface.co/me/pear", "name": "me/pear"})
+            return httpx.Response(200, json={"url": "https://huggingface.co/me/pear", "name": "me/pear"})
         if path == "/api/models/me/pear" and request.method == "GET":
-            return httpx2.Response(200, json={"id": "me/pear", "private": self.private, "sha": "abc123"})
+            return httpx.Response(200, json={"id": "me/pear", "private": self.private, "sha": "abc123"})
         if path == "/api/validate-yaml":
-            return httpx2.Response(200, json={"errors": [], "warnings": []})
+            return httpx.Response(200, json={"errors": [], "warnings": []})
         if "/branch/" in path:
-            return httpx2.Response(200, json={})
+            return httpx.Response(200, json={})
         if "/preupload/" in path:
             files = json.loads(request.content)["files"]
-            return httpx2.Response(200, json={"files": [
+            return httpx.Response(200, json={"files": [
                 {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]})
         if "/commit/" in path:
             if self.fail_commit:
-                return httpx2.Response(500, json={"error": "Internal Error - We're working hard to fix this"})
-            return httpx2.Response(200, json={"commitUrl": "https://huggingface.co/me/pear/commit/abc123",
+                return httpx.Response(500, json={"error": "Internal Error - We're working hard to fix this"})
+            return httpx.Response(200, json={"commitUrl": "https://huggingface.co/me/pear/commit/abc123",
                                               "commitOid": "abc123", "pullRequestUrl": None})
-        return httpx2.Response(404, json={"error": f"unexpected {request.method} {path}"})
+        return httpx.Response(404, json={"error": f"unexpected {request.method} {path}"})
 
     def commit(self) -> tuple[dict, dict[str, bytes]]:
         """The commit header and the uploaded files {path: content} of the last commit request."""
@@ -77,7 +80,7 @@ def fake_hub(monkeypatch):
     def install(**kwargs) -> FakeHub:
         hub = FakeHub(**kwargs)
         hubs.append(hub)
-        set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(hub)))
+        set_client_factory(lambda: httpx.Client(transport=httpx.MockTransport(hub)))
         return hub
 
     yield install
