@@ -10,6 +10,8 @@ from headpatch.evaluation.tasks.niah import NiahSetting
 from headpatch.heads import parse_head
 from headpatch.loading import load_model
 from headpatch.pear.fold import fold_model
+from headpatch.pipeline import record_for
+from headpatch.record import Location, Pear
 
 # the default export's coefficients (README), so the test needs no location or training run
 COEFFICIENTS = {"14-3": 0.899, "17-3": 1.142, "17-5": 0.920, "18-6": 1.135, "18-7": 1.143, "20-2": 0.878,
@@ -20,7 +22,9 @@ COEFFICIENTS = {"14-3": 0.899, "17-3": 1.142, "17-5": 0.920, "18-6": 1.135, "18-
 def patched_dir(smollm2, tmp_path_factory):
     loaded = load_model("smollm2-135m")  # a copy of its own: folding changes the weights in place
     fold_model(loaded.model, head_layout(loaded.model.config), {parse_head(h): c for h, c in COEFFICIENTS.items()})
-    loaded.model.config.headpatch = {"source": "smollm2-135m", "pear": {"coefficients": COEFFICIENTS}}
+    pear = Pear(heads=tuple(COEFFICIENTS), location=Location(method="given by the user", k=len(COEFFICIENTS)),
+                coefficients=COEFFICIENTS)
+    loaded.model.config.headpatch = record_for(loaded, pear).to_json()
     out = tmp_path_factory.mktemp("smollm2-patched")
     loaded.model.save_pretrained(out)
     loaded.tokenizer.save_pretrained(out)
