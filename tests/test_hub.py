@@ -115,7 +115,9 @@ def test_push_uploads_every_file_with_the_message_and_privacy(fake_hub, exported
     assert all(r.headers.get("authorization") == f"Bearer {SECRET}" for r in api_calls)
 
 
-def test_a_failed_push_keeps_the_export_and_prints_the_retry_without_the_token(fake_hub, exported, capsys):
+def test_a_failed_push_keeps_the_export_and_prints_the_retry_without_the_token(fake_hub, exported, capsys,
+                                                                             monkeypatch):
+    monkeypatch.setattr(hub_http.time, "sleep", lambda seconds: None)  # the client's retry back-off on the 500
     fake_hub(fail_commit=True)
     _, out = exported
     before = sorted(p.name for p in out.iterdir())

@@ -38,6 +38,7 @@ def _check_merge_equals_fold(model, base_dir, coefficients, tmp_path):
         assert torch.equal(merged[name], tensor), name
 
 
+@pytest.mark.slow  # a fresh process with stock peft
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_ia3_merge_equals_fold_on_tiny_models(tmp_path, model_type):
     model = tiny_model(model_type)

@@ -220,6 +220,7 @@ def _staging(out: Path) -> list[str]:
     return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
+@pytest.mark.slow  # a separate process, signalled
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_mid_fold_leave_no_staging_directory(tmp_path, signum):
     source, model = make_source(tmp_path, "llama", torch.float32, False)
@@ -231,6 +232,7 @@ def test_sigterm_and_sighup_mid_fold_leave_no_staging_directory(tmp_path, signum
     assert child.returncode in (128 + signum, -signum) and _staging(out) == [] and not out.exists()
 
 
+@pytest.mark.slow  # a separate process, killed
 def test_a_staging_directory_left_by_sigkill_is_removed_by_the_next_export(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, False)
     out, patch = tmp_path / "out", _patch(tmp_path, model.config)
@@ -242,6 +244,7 @@ def test_a_staging_directory_left_by_sigkill_is_removed_by_the_next_export(tmp_p
     assert _staging(out) == [] and (out / "headpatch.json").is_file()
 
 
+@pytest.mark.slow  # two separate processes
 def test_of_two_racing_exports_to_one_output_exactly_one_wins(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, False)
     out, patch, go = tmp_path / "out", _patch(tmp_path, model.config), tmp_path / "go"
@@ -284,6 +287,7 @@ def test_every_exported_file_has_the_normal_mode_and_the_parent_directory_is_fsy
 
 # Defect 8: text is read and written as UTF-8 whatever the locale.
 
+@pytest.mark.slow  # separate processes under LC_ALL=C
 def test_the_export_works_under_an_ascii_locale(tmp_path):
     source, model = make_source(tmp_path, "llama", torch.float32, True)
     (source / "chat_template.jinja").write_text("{{ 'Δπ – ünïcode' }}", encoding="utf-8")

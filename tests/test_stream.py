@@ -103,6 +103,7 @@ print(json.dumps({"logits": logits.flatten().tolist(), "log": log.getvalue(), "t
 """
 
 
+@pytest.mark.slow  # a fresh process with plain transformers
 @pytest.mark.parametrize("model_type", ["llama", "gpt2"])
 def test_sharded_tied_export_loads_in_plain_transformers_and_equals_runtime_scaling(tmp_path, model_type):
     from headpatch.pear.scaling import scaled_heads
