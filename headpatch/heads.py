@@ -9,8 +9,9 @@ from headpatch.errors import HeadpatchError
 
 Head = tuple[int, int]
 
-# ASCII digits only (\d would take ١ or １), no leading zeros: one spelling per head
-_HEAD_RE = re.compile(r"(0|[1-9][0-9]*)-(0|[1-9][0-9]*)", re.ASCII)
+# ASCII digits only (\d would take ١ or １), no leading zeros; QRHead's score files spell a head "10_3", read the same
+# and always written back as "10-3"
+_HEAD_RE = re.compile(r"(0|[1-9][0-9]*)[-_](0|[1-9][0-9]*)", re.ASCII)
 
 
 class HeadGrid(Protocol):
@@ -21,7 +22,7 @@ class HeadGrid(Protocol):
 
 
 def parse_head(text: str) -> Head:
-    """Parse one canonical "layer-head" id (0-indexed query head)."""
+    """Parse one "layer-head" id (0-indexed query head), or QRHead's "layer_head" spelling of it."""
     match = _HEAD_RE.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise HeadpatchError(f"malformed head id {text!r}; expected 'layer-head', e.g. '14-22'")

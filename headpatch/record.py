@@ -8,6 +8,7 @@ lives here. Compute modules never build records: the pipeline turns their result
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -16,7 +17,7 @@ from typing import Any
 
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
-from headpatch.heads import Head, check_heads, parse_head
+from headpatch.heads import Head, check_heads, format_head, parse_head
 from headpatch.typed import build, to_plain
 
 FORMAT_VERSION = 1
@@ -166,7 +167,7 @@ class PatchRecord:
         if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
             raise HeadpatchError(f"{name} is not a headpatch record (format_version {FORMAT_VERSION})")
         try:
-            return build(cls, data, "")
+            return build(cls, _canonical_ids(data), "")
         except HeadpatchError as exc:
             raise HeadpatchError(f"{name}: {exc}") from None
 
@@ -244,6 +245,38 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 def is_hub_id(name: str) -> bool:
     """Whether `name` has the form of a Hub repo id (owner/name), unlike /home/me/ckpt, ./ckpt or ~/ckpt."""
     return _HUB_ID.fullmatch(name) is not None and ".." not in name and "--" not in name
+
+
+# Where a record holds head ids, as lists or as mapping keys.
+_HEAD_ID_PLACES = (("pear", "heads"), ("pear", "coefficients"), ("pear", "location", "scores"), ("qrhead", "heads"),
+                   ("qrhead", "scores"))
+
+
+def _canonical_id(text: Any) -> Any:
+    """A head id in its one written spelling ("10_3" from QRHead's files becomes "10-3"); anything malformed is left
+    as it is for the field checks to name."""
+    try:
+        return format_head(parse_head(text))
+    except HeadpatchError:
+        return text
+
+
+def _canonical_ids(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` with every head id in canonical spelling; two spellings of one head in a mapping are an error."""
+    data = copy.deepcopy(data)
+    for place in _HEAD_ID_PLACES:
+        holder = data
+        for key in place[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        value = holder.get(place[-1]) if isinstance(holder, dict) else None
+        if isinstance(value, list):
+            holder[place[-1]] = [_canonical_id(item) for item in value]
+        elif isinstance(value, dict):
+            canonical = {_canonical_id(key): item for key, item in value.items()}
+            if len(canonical) != len(value):
+                raise HeadpatchError(f"{'.'.join(place)}: a head is given twice in two spellings")
+            holder[place[-1]] = canonical
+    return data
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

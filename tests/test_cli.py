@@ -74,7 +74,7 @@ def test_train_accepts_a_literal_head_list(tmp_path, tiny_dir):
     [
         (["train", "{tiny}", "--heads", "3-0", "-o", "{tmp}/p.json"], ["3-0", "outside the model"]),
         (["train", "{tiny}", "--heads", "1-4", "-o", "{tmp}/p.json"], ["1-4", "outside the model"]),
-        (["train", "{tiny}", "--heads", "1_2", "-o", "{tmp}/p.json"], ["malformed head id", "1_2"]),
+        (["train", "{tiny}", "--heads", "1:2", "-o", "{tmp}/p.json"], ["malformed head id", "1:2"]),
         (["locate", "{tiny}", "--k", "13", "-o", "{tmp}/h.json"], ["K=13", "12 heads"]),
         (["locate", "{tmp}/nothing-here", "-o", "{tmp}/h.json"], ["nothing-here"]),
         (["locate", "{unsupported}", "-o", "{tmp}/h.json"], ["unsupported architecture", "bloom", "llama"]),

@@ -162,9 +162,14 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     assert (out / "keep.txt").read_text() == "precious"
     (out / "keep.txt").unlink()
     export_checkpoint(model, None, record, out)
-    (out / "stale.txt").write_text("from the earlier export")
+    (out / "stale.txt").write_text("added since")  # --overwrite replaces only what the earlier export wrote
+    with pytest.raises(HeadpatchError, match=r"holds files no headpatch run wrote there \(stale.txt\)"):
+        export_checkpoint(model, None, record, out, overwrite=True)
+    assert (out / "stale.txt").read_text() == "added since"
+    (out / "stale.txt").unlink()
+    (out / "config.json").write_text("{}")  # a file the earlier export wrote is replaced
     export_checkpoint(model, None, record, out, overwrite=True)
-    assert not (out / "stale.txt").exists() and (out / "config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert oct(out.stat().st_mode & 0o777) != oct(0o700)
 

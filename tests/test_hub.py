@@ -109,7 +109,9 @@ def test_push_uploads_every_file_with_the_message_and_privacy(fake_hub, exported
     header, files = hub.commit()
     assert header["summary"] == "PEAR patch"
     local = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    assert files == local
+    # everything but the manifest, which only guards a local --overwrite
+    assert files == {name: data for name, data in local.items() if name != ".headpatch-manifest.json"}
+    assert ".headpatch-manifest.json" in local
     assert [r for r in hub.requests if "/commit/" in r.url.path][-1].url.path == "/api/models/me/pear/commit/v1"
     api_calls = [r for r in hub.requests if r.url.path != "/api/agent-harnesses"]
     assert all(r.headers.get("authorization") == f"Bearer {SECRET}" for r in api_calls)

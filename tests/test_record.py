@@ -105,6 +105,19 @@ def test_each_rule_is_a_one_line_error(mistake, change, message):
     assert re.search(message, text), text
 
 
+def test_qrhead_spelling_of_head_ids_is_read_and_written_canonically():
+    data = _patch()
+    data["pear"]["heads"] = ["2_0", "0-0", "0_3"]
+    data["pear"]["coefficients"] = {"2_0": 0.5, "0-0": 1.0, "0_3": 1.5}
+    record = PatchRecord.from_json(data)
+    assert record.pear.heads == ("2-0", "0-0", "0-3")
+    assert record.coefficients() == {(2, 0): 0.5, (0, 0): 1.0, (0, 3): 1.5}
+    assert '"2_0"' not in record.to_text() and '"2-0": 0.5' in record.to_text()
+    data["pear"]["coefficients"] = {"2_0": 0.5, "2-0": 1.0, "0_3": 1.5}
+    with pytest.raises(HeadpatchError, match="pear.coefficients: a head is given twice in two spellings"):
+        PatchRecord.from_json(data)
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"format_version": 1, "format_version": 1}', "appears twice"),
     ('{"format_version": 1, "pear": {"coefficients": {"1-1": NaN}}}', "NaN is not a number JSON allows"),

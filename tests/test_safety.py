@@ -3,9 +3,14 @@ non-finite is written, outputs are refused, staged, published and cleaned up as 
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
+import re
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -309,3 +314,235 @@ def test_the_export_works_under_an_ascii_locale(tmp_path):
     shown = subprocess.run([sys.executable, "-c", code, "inspect", str(out)], capture_output=True, env=env,
                            cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert shown.returncode == 0, shown.stderr.decode("utf-8", "replace")
+
+
+def _one_line_refusal(result, out: Path, message: str) -> None:
+    """Exit 2, one `headpatch: error:` line matching `message`, no traceback, and no output or staging left."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("headpatch: error: "), result.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists() and _staging(out) == []
+
+
+def _source_bytes(source: Path) -> dict[str, bytes]:
+    return {p.relative_to(source).as_posix(): p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file()}
+
+
+# Defect 5: --overwrite replaces only what an earlier export wrote.
+
+def test_overwrite_refuses_a_clone_of_the_pushed_repo_and_names_what_it_would_delete(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    patch, out = _patch(tmp_path, model.config), tmp_path / "out"
+    assert _export(source, patch, out).exit_code == 0
+    written = json.loads((out / ".headpatch-manifest.json").read_text(encoding="utf-8"))
+    assert "headpatch.json" in written and "model.safetensors" in written
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n", encoding="utf-8")
+    (out / "LICENSE").write_text("mine", encoding="utf-8")
+    before = _tree(out)
+    result = _export(source, patch, out, "--overwrite")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert ".git/HEAD" in result.stderr and "LICENSE" in result.stderr
+    assert _tree(out) == before and _staging(out) == []
+    (out / "LICENSE").unlink()
+    shutil.rmtree(out / ".git")
+    assert _export(source, patch, out, "--overwrite").exit_code == 0
+
+
+def test_overwrite_of_an_output_without_a_manifest_replaces_only_names_the_export_writes(tmp_path):
+    # outputs of headpatch 0.1 have no manifest: the names the new export writes stand in for it
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    patch, out = _patch(tmp_path, model.config), tmp_path / "out"
+    assert _export(source, patch, out).exit_code == 0
+    (out / ".headpatch-manifest.json").unlink()
+    assert _export(source, patch, out, "--overwrite").exit_code == 0
+    (out / ".headpatch-manifest.json").unlink()
+    (out / "notes.md").write_text("mine", encoding="utf-8")
+    result = _export(source, patch, out, "--overwrite")
+    assert result.exit_code == 2 and "notes.md" in result.stderr
+    assert (out / "notes.md").read_text(encoding="utf-8") == "mine" and _staging(out) == []
+
+
+# Defect 7: a shard replaced between planning and copying is an error, never a corrupt export.
+
+def test_a_shard_replaced_after_planning_is_an_error_not_a_corrupt_export(tmp_path, monkeypatch):
+    import headpatch.io.export as export
+
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    shard = source / "model.safetensors"
+    tensors = load_file(shard)
+    real = export.carried_files
+
+    def swap_then_carry(directory):  # runs after the plan validated the header, before the shard is copied
+        save_file(tensors, shard, metadata={"format": "pt", "note": "replaced"})  # same tensors, shifted offsets
+        return real(directory)
+
+    monkeypatch.setattr(export, "carried_files", swap_then_carry)
+    out = tmp_path / "out"
+    _one_line_refusal(_export(source, _patch(tmp_path, model.config), out),
+                      out, "model.safetensors changed while it was being exported")
+
+
+# Defect 10: malformed files and the system's refusals are one line, not a traceback.
+
+def _rewrite_index(source: Path, change) -> None:
+    index = source / "model.safetensors.index.json"
+    data = json.loads(index.read_text(encoding="utf-8"))
+    change(data)
+    index.write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(weight_map=list(d["weight_map"])), "'weight_map' must map tensor names to shard files"),
+    (lambda d: d["weight_map"].update({next(iter(d["weight_map"])): 3}), "'weight_map' must map tensor names"),
+    (lambda d: d.update(weight_map={k: "*" for k in d["weight_map"]}), r"names shard '\*', not a plain relative"),
+    (lambda d: d.update(weight_map={k: "README.md" for k in d["weight_map"]}), "names shard 'README.md'"),
+    (lambda d: d.update(weight_map={k: "headpatch.json" for k in d["weight_map"]}), "names shard 'headpatch.json'"),
+    (lambda d: d.update(weight_map={k: "x\x1b[2J.safetensors" for k in d["weight_map"]}),
+     r"names shard 'x\\x1b\[2J.safetensors'"),
+])
+def test_a_malformed_index_is_one_line(tmp_path, change, message):
+    source, model = make_source(tmp_path, "llama", torch.float32, True)
+    _rewrite_index(source, change)
+    before = _source_bytes(source)
+    result = _export(source, _patch(tmp_path, model.config), tmp_path / "out")
+    _one_line_refusal(result, tmp_path / "out", message)
+    assert "\x1b" not in result.stderr and _source_bytes(source) == before
+
+
+def _rewrite_header(path: Path, change) -> None:
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    change(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+
+
+def _first_tensor(header: dict) -> dict:
+    return header[next(name for name in header if name != "__metadata__")]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda h: _first_tensor(h).update(data_offsets=[str(x) for x in _first_tensor(h)["data_offsets"]]),
+     "malformed data_offsets"),
+    (lambda h: _first_tensor(h).update(data_offsets=[float(x) for x in _first_tensor(h)["data_offsets"]]),
+     "malformed data_offsets"),
+    (lambda h: _first_tensor(h).update(shape=[-x for x in _first_tensor(h)["shape"]]), "malformed shape"),
+    (lambda h: h.update(deep=functools.reduce(lambda inner, _: [inner], range(200), [])), "nests too deeply"),
+])
+def test_a_malformed_shard_header_is_one_line(tmp_path, change, message):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    _rewrite_header(source / "model.safetensors", change)
+    before = _source_bytes(source)
+    _one_line_refusal(_export(source, _patch(tmp_path, model.config), tmp_path / "out"), tmp_path / "out", message)
+    assert _source_bytes(source) == before
+
+
+def test_a_full_disk_and_an_output_under_a_file_are_one_line(tmp_path, monkeypatch):
+    import headpatch.io.stream as stream
+
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    patch, before = _patch(tmp_path, model.config), _source_bytes(source)
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    result = _export(source, patch, tmp_path / "a-file" / "out")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert re.search(r"^headpatch: error: output directory \S+ cannot be created: \S+a-file is not a directory",
+                     result.stderr)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[1]))
+
+    monkeypatch.setattr(stream.shutil, "copyfile", full)
+    out = tmp_path / "out"
+    _one_line_refusal(_export(source, patch, out), out, r"No space left on device: \S+/\.out\.partial-")
+    assert _source_bytes(source) == before
+
+
+def test_inspect_of_a_malformed_or_hostile_config_is_one_line_and_escapes_the_terminal(tmp_path):
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("[1, 2]", encoding="utf-8")
+    result = invoke("inspect", str(checkpoint))
+    assert result.exit_code == 2 and "is not a JSON object" in result.stderr and result.stderr.count("\n") == 1
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    config["headpatch"] = {**record_json(model.config, {(0, 1): 0.5}), "headpatch_version": "1\x1b[2J\n2"}
+    (checkpoint / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = invoke("inspect", str(checkpoint))
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stdout and "made by headpatch 1\\x1b[2J\\n2" in result.stdout
+    config["headpatch"]["pear"] = ["\x1b[2J"]
+    (checkpoint / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    result = invoke("inspect", str(checkpoint))
+    assert result.exit_code == 2 and "\x1b" not in result.stderr and result.stderr.count("\n") == 1
+
+
+# Defect 12: the header rules are the safetensors library's.
+
+@pytest.mark.parametrize("dtype", ["F8_E8M0", "C64", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3"])
+def test_every_dtype_the_safetensors_library_accepts_is_accepted(tmp_path, dtype):
+    from safetensors import safe_open
+
+    from headpatch.io.checkpoint import read_shard
+    from headpatch.io.header import DTYPE_BITS
+
+    count = 32
+    header = json.dumps({"x": {"dtype": dtype, "shape": [count], "data_offsets": [0, count * DTYPE_BITS[dtype] // 8]}})
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0" * (count * DTYPE_BITS[dtype] // 8))
+    with safe_open(path, "np"):
+        pass
+    assert read_shard(path).tensors["x"].dtype == dtype
+
+
+def test_negative_dimensions_on_an_unpatched_tensor_are_refused(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    # [-2, -2] has four elements, the byte count of a real [2, 2] tensor: only a signedness check catches it
+    tensors = {**load_file(source / "model.safetensors"), "extra": torch.zeros(2, 2)}
+    save_file(tensors, source / "model.safetensors", metadata={"format": "pt"})
+    _rewrite_header(source / "model.safetensors", lambda h: h["extra"].update(shape=[-2, -2]))
+    _one_line_refusal(_export(source, _patch(tmp_path, model.config), tmp_path / "out"), tmp_path / "out",
+                      "tensor 'extra' has a malformed shape")
+
+
+# Defect 13: shard names.
+
+def test_a_shard_behind_a_symlinked_subdirectory_is_refused(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    first = sorted(source.glob("*.safetensors"))[0]
+    shutil.move(first, elsewhere / first.name)
+    (source / "sub").symlink_to(elsewhere)
+    _rewrite_index(source, lambda d: d["weight_map"].update(
+        {k: f"sub/{first.name}" for k, v in d["weight_map"].items() if v == first.name}))
+    _one_line_refusal(_export(source, _patch(tmp_path, model.config), tmp_path / "out"), tmp_path / "out",
+                      f"sub/{first.name} links to a file outside the checkpoint directory")
+
+
+def test_a_hub_index_naming_a_glob_pattern_never_reaches_snapshot_download(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
+
+    from headpatch.errors import HeadpatchError
+    from headpatch.io.hub import checkpoint_dir
+    from headpatch.loading import Source
+
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {"a": "*"}}), encoding="utf-8")
+
+    def download(repo_id, filename, revision=None):
+        if filename == "model.safetensors":
+            raise EntryNotFoundError("no single file")
+        return str(index)
+
+    def snapshot(*args, **kwargs):
+        raise AssertionError(f"snapshot_download reached with {kwargs.get('allow_patterns')}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    with pytest.raises(HeadpatchError, match=r"names shard '\*', not a plain relative file name"):
+        checkpoint_dir(Source(name="org/hostile", location="org/hostile", base_model="org/hostile"))

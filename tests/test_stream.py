@@ -138,8 +138,10 @@ def test_export_carries_every_other_file_and_writes_metadata(tmp_path):
     record = make_record(model.config, {(0, 0): 0.5})
     out = stream_export(source, record, tmp_path / "out", show_progress=False)
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert files == ["README.md", "config.json", "extra/notes.txt", "generation_config.json", "headpatch.json",
-                     "model.safetensors", "tokenizer.json"]
+    written = ["README.md", "config.json", "extra/notes.txt", "generation_config.json", "headpatch.json",
+               "model.safetensors", "tokenizer.json"]
+    assert files == [".headpatch-manifest.json", *written]
+    assert json.loads((out / ".headpatch-manifest.json").read_text()) == written
     assert (out / "tokenizer.json").read_text() == '{"fake": true}'
     config = json.loads((out / "config.json").read_text())
     assert config["headpatch"]["pear"]["coefficients"] == {"0-0": 0.5}
@@ -176,11 +178,11 @@ def _untouched(tmp_path: Path, source: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(("damage", "message"), [
-    ("truncate", r"model-00002-of-\d+\.safetensors is truncated: tensor model\.\S+ needs bytes"),
-    ("garbage_header", r"model-00001-of-\d+\.safetensors is corrupt: unreadable safetensors header"),
+    ("truncate", r"model-00002-of-\d+\.safetensors is truncated: tensor 'model\.\S+' needs bytes"),
+    ("garbage_header", r"model-00001-of-\d+\.safetensors is corrupt: the header is not (valid JSON|UTF-8)"),
     ("tiny_file", r"model-00001-of-\d+\.safetensors is truncated or not a safetensors file"),
     ("missing_shard", r"names shard model-00002-of-\d+\.safetensors, which is missing"),
-    ("bad_index", r"is not a readable safetensors index"),
+    ("bad_index", r"cannot read safetensors index .*: not valid JSON"),
 ])
 def test_damaged_checkpoints_give_a_clear_error_and_leave_nothing(tmp_path, damage, message):
     source, model = make_source(tmp_path, "llama", torch.float32, True)
@@ -257,7 +259,7 @@ def test_overlapping_tensors_in_a_header_are_refused(tmp_path):
               "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}
     raw = json.dumps(header).encode()
     (tmp_path / "x.safetensors").write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 12)
-    with pytest.raises(HeadpatchError, match="tensor b starts at byte .*overlapping or gapped"):
+    with pytest.raises(HeadpatchError, match="tensor 'b' starts at data byte 4, expected 8 .overlapping or gapped"):
         read_shard(tmp_path / "x.safetensors")
 
 

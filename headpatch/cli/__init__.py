@@ -12,7 +12,7 @@ import typer
 
 from headpatch.cli import checkpoints, pear, qrhead
 from headpatch.cli.evaluate import eval_command
-from headpatch.errors import HeadpatchError
+from headpatch.errors import HeadpatchError, printable
 
 app = typer.Typer(help="Make a causal LM read its context better and ship it as an ordinary checkpoint.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -42,10 +42,22 @@ app.command()(qrhead.rerank)
 app.command(name="eval")(eval_command)
 
 
+def _fail(message: str) -> None:
+    typer.echo(f"headpatch: error: {printable(message)}", err=True)
+    sys.exit(2)
+
+
+def _os_error(exc: OSError) -> str:
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    return f"{exc.strerror or exc}{where}"
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2."""
+    """Console entry point: user errors, and the system's refusals (disk full, read-only or missing paths), become
+    one line on stderr and exit code 2."""
     try:
         app()
     except HeadpatchError as exc:
-        typer.echo(f"headpatch: error: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(_os_error(exc))

@@ -10,6 +10,7 @@ import typer
 
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
+from headpatch.errors import printable
 
 
 def push(
@@ -59,7 +60,7 @@ def verify(
 
     result = verify_export(checkpoint, checkpoint_dir(resolve_source(base, revision)), progress_enabled(quiet))
     for problem in result.problems:
-        typer.echo(f"UNEXPECTED {problem}")
+        typer.echo(printable(f"UNEXPECTED {problem}"))  # tensor names come from the files
     typer.echo(f"{result.tensors} tensors compared, {len(result.patched)} patched as recorded, "
                f"{len(result.problems)} unexpected differences")
     if not result.ok:

@@ -2,13 +2,15 @@
 
 A directory is published with a rename that cannot replace (so two runs racing to one output cannot both win, and a
 directory that appears meanwhile is never deleted); SIGTERM and SIGHUP remove the staging directory like Ctrl-C does,
-and one left by SIGKILL is removed by the next run to the same output.
+and one left by SIGKILL is removed by the next run to the same output. Every published directory lists the files it
+was published with in MANIFEST, so --overwrite replaces an earlier output only when it holds nothing else.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import shutil
 import signal
@@ -25,6 +27,7 @@ _RENAME_NOREPLACE = 1  # linux/fs.h
 _AT_FDCWD = -100
 _CLEANUP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 _LOCK_WAIT_S = 10.0
+MANIFEST = ".headpatch-manifest.json"
 
 
 def _normal_mode(directory: bool = False) -> int:
@@ -69,14 +72,67 @@ def check_apart(out: Path, other: Path, what: str) -> None:
         raise HeadpatchError(f"output directory {out} overlaps {what} {other}")
 
 
+def _listed(directory: Path) -> set[str] | None:
+    """The names in `directory`'s manifest, or None if it has no readable one."""
+    try:
+        names = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {name for name in names if isinstance(name, str)} if isinstance(names, list) else None
+
+
+def _entries(root: Path) -> Iterator[Path]:
+    """Every file, link and other non-directory under `root`, links to directories included, none followed."""
+    for directory, dirs, files in os.walk(root):
+        for name in [*files, *(d for d in dirs if os.path.islink(os.path.join(directory, d)))]:
+            yield Path(directory, name).relative_to(root)
+
+
+def foreign_files(out: Path, expected: set[str] | None = None) -> list[str]:
+    """Files under `out` that no headpatch run published there: each must be listed in the manifest of the nearest
+    directory above it that has one (an export's eval/ report has its own). Where `out` itself has no manifest (an
+    output of headpatch 0.1), `expected`, the names the replacing output holds, stands in; without it such files are
+    not judged."""
+    foreign = []
+    for relative in sorted(_entries(out)):
+        if relative.name == MANIFEST:
+            continue
+        for depth in range(len(relative.parts) - 1, -1, -1):
+            listed = _listed(out.joinpath(*relative.parts[:depth]))
+            if listed is None and depth == 0:
+                listed = expected
+            if listed is not None:
+                if "/".join(relative.parts[depth:]) not in listed:
+                    foreign.append(relative.as_posix())
+                break
+    return foreign
+
+
+def _refuse_foreign(out: Path, foreign: list[str]) -> None:
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise HeadpatchError(f"output directory {out} holds files no headpatch run wrote there ({shown}); --overwrite "
+                             "replaces only what an earlier run wrote: move them away or choose another output")
+
+
+def _write_manifest(staging: Path) -> None:
+    names = sorted(path.as_posix() for path in _entries(staging))
+    with open(staging / MANIFEST, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(names, indent=1) + "\n")
+
+
 def check_output_dir(
     out: Path, overwrite: bool, source_dir: Path | None = None, marker: str = "headpatch.json"
 ) -> None:
-    """Refuse an output that overlaps the source, or exists and is not empty, unless `overwrite` is given and it holds
-    `marker` (the file every earlier run of the same kind wrote), so --overwrite never deletes an unrelated folder."""
+    """Refuse an output that overlaps the source, or exists and is not empty, unless `overwrite` is given, it holds
+    `marker` (the file every earlier run of the same kind wrote) and nothing an earlier run did not write, so
+    --overwrite never deletes an unrelated folder or a file someone added (a clone's .git, a LICENSE)."""
     out = out.resolve()
     if source_dir is not None:
         check_apart(out, source_dir, "the source checkpoint")
+    existing = next(parent for parent in out.parents if parent.exists())
+    if not existing.is_dir():
+        raise HeadpatchError(f"output directory {out} cannot be created: {existing} is not a directory")
     if out.exists():
         if not out.is_dir():
             raise HeadpatchError(f"output path {out} exists and is not a directory")
@@ -86,6 +142,7 @@ def check_output_dir(
             if not (out / marker).is_file():
                 raise HeadpatchError(f"output directory {out} is not empty and holds no {marker} from an earlier run; "
                                      "refusing to replace it even with --overwrite")
+            _refuse_foreign(out, foreign_files(out))
 
 
 def _renameat2() -> object | None:
@@ -163,6 +220,7 @@ def _publish_over(staging: Path, out: Path, marker: str) -> None:
     """Replace an earlier run's output (checked again now: it must still hold `marker`): moved aside, the new one
     renamed in without replacing, the old one put back if that fails."""
     check_output_dir(out, True, marker=marker)
+    _refuse_foreign(out, foreign_files(out, expected={path.as_posix() for path in _entries(staging)}))
     retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     out.rename(retired / "old")
     try:
@@ -179,6 +237,7 @@ def _publish_over(staging: Path, out: Path, marker: str) -> None:
 def publish_dir(staging: Path, out: Path, overwrite: bool = False, marker: str = "headpatch.json") -> None:
     """Move a finished staging directory into place: never over anything that appeared since the output was checked,
     and over an earlier run's output (holding `marker`) only with `overwrite`."""
+    _write_manifest(staging)
     _fsync_tree(staging)
     staging.chmod(_normal_mode(directory=True))
     if overwrite and out.exists() and any(out.iterdir()):

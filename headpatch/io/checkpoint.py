@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 
 from headpatch.errors import HeadpatchError
+from headpatch.io.files import read_json
+from headpatch.io.header import MAX_HEADER_BYTES, HeaderError, data_size, parse_header
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -18,9 +20,8 @@ SINGLE_FILE = "model.safetensors"
 OTHER_WEIGHT_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.gguf", "*.onnx", "*.onnx_data",
                          "*.ot", "*.tflite", "*.safetensors", "*.safetensors.index.json", "original/*", "onnx/*")
 TORCH_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
-_HEADER_LIMIT = 100 * 1024 * 1024  # the safetensors library refuses bigger headers too
-_BYTES_PER_ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-                      "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
+# Path components of letters, digits, '_', '+', '-' and inner dots (so never '..' or a hidden file), ending .safetensors
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*(/[A-Za-z0-9_+-][A-Za-z0-9_.+-]*)*\.safetensors", re.ASCII)
 CONVERSION_HINT = (
     "convert it to safetensors first: python -c \"from transformers import AutoModelForCausalLM as M; "
     "M.from_pretrained('SRC').save_pretrained('DST')\""
@@ -53,52 +54,31 @@ class Shard:
 
 
 def read_shard(path: Path) -> Shard:
-    """Parse and check a safetensors header against the file's size; errors name the file and the tensor."""
+    """Parse and check a safetensors header against the file's size, by the safetensors library's own rules; errors
+    name the file and the tensor."""
     size = path.stat().st_size
     with open(path, "rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
             raise HeadpatchError(f"{path} is truncated or not a safetensors file ({size} bytes)")
         (length,) = struct.unpack("<Q", prefix)
-        if length > _HEADER_LIMIT or 8 + length > size:
+        if length > MAX_HEADER_BYTES or 8 + length > size:
             raise HeadpatchError(f"{path} is truncated or corrupt: its header claims {length} bytes, file has {size}")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HeadpatchError(f"{path} is corrupt: unreadable safetensors header ({exc})") from exc
-    if not isinstance(header, dict):
-        raise HeadpatchError(f"{path} is corrupt: the safetensors header is not a JSON object")
+        raw = handle.read(length)
     start = 8 + length
-    tensors = {name: _entry(path, name, info, start) for name, info in header.items() if name != "__metadata__"}
-    # Tensors must tile the data area exactly, as the safetensors library requires: an overlap would let the in-place
-    # rewrite of one tensor change another.
-    position = start
-    for entry in sorted(tensors.values(), key=lambda e: (e.begin, e.end)):
-        if entry.end > size:
-            raise HeadpatchError(
-                f"{path} is truncated: tensor {entry.name} needs bytes up to {entry.end}, the file has {size}")
-        if entry.begin != position:
-            raise HeadpatchError(f"{path} is corrupt: tensor {entry.name} starts at byte {entry.begin}, expected "
-                                 f"{position} (overlapping or gapped tensors)")
-        position = entry.end
-    if position != size:
-        raise HeadpatchError(f"{path} is corrupt: its tensors end at byte {position} but the file has {size}")
-    return Shard(path, start, tensors)
-
-
-def _entry(path: Path, name: str, info: object, start: int) -> TensorEntry:
     try:
-        dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]  # type: ignore[index]
-        count = 1
-        for dim in shape:
-            count *= int(dim)
-        expected = count * _BYTES_PER_ELEMENT[dtype]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise HeadpatchError(f"{path} is corrupt: malformed header entry for tensor {name}") from exc
-    if not 0 <= begin <= end or end - begin != expected:
-        raise HeadpatchError(
-            f"{path} is corrupt: tensor {name} has {end - begin} bytes for shape {list(shape)} {dtype}")
-    return TensorEntry(name, dtype, shape, start + begin, start + end)
+        entries = parse_header(raw)
+        end = start + data_size(entries)
+    except HeaderError as exc:
+        raise HeadpatchError(f"{path} is corrupt: {exc}") from None
+    if end > size:
+        cut = min((e for e in entries.values() if start + e.end > size), key=lambda e: (e.begin, e.end))
+        raise HeadpatchError(f"{path} is truncated: tensor {cut.name!r} needs bytes up to {start + cut.end}, the "
+                             f"file has {size}")
+    if end != size:
+        raise HeadpatchError(f"{path} is corrupt: its tensors end at byte {end} but the file has {size}")
+    tensors = {name: TensorEntry(name, e.dtype, e.shape, start + e.begin, start + e.end) for name, e in entries.items()}
+    return Shard(path, start, tensors)
 
 
 def source_roots(directory: Path) -> tuple[Path, ...]:
@@ -123,6 +103,21 @@ def _check_inside(directory: Path, name: str) -> None:
         raise HeadpatchError(f"{directory / name} links to a file outside the checkpoint directory")
 
 
+def read_index(index: Path) -> dict[str, str]:
+    """{tensor name: shard file name} of a safetensors index. Shard names become paths in the export and download
+    patterns on the Hub, so only plain relative names ending in .safetensors are taken: no '..', no hidden or absolute
+    paths, no glob characters, no control characters, no collision with the card or record an export writes."""
+    data = read_json(index, "safetensors index")
+    mapping = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+        raise HeadpatchError(f"{index} is not a safetensors index: 'weight_map' must map tensor names to shard files")
+    for shard in sorted(set(mapping.values())):
+        if not _SHARD_NAME.fullmatch(shard):
+            raise HeadpatchError(f"{index} names shard {shard!r}, not a plain relative file name ending in "
+                                 ".safetensors")
+    return mapping
+
+
 def weight_files(directory: Path) -> dict[str, str]:
     """{tensor name: shard file name} from model.safetensors, or else from the index (transformers' order); every
     file named must lie inside the checkpoint (or its Hub-cache blobs)."""
@@ -132,17 +127,12 @@ def weight_files(directory: Path) -> dict[str, str]:
         return {name: SINGLE_FILE for name in read_shard(single).tensors}
     if index.is_file():
         _check_inside(directory, INDEX_FILE)
-        try:
-            mapping = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise HeadpatchError(f"{index} is not a readable safetensors index: {exc}") from exc
+        mapping = read_index(index)
         for shard in sorted(set(mapping.values())):
-            if Path(shard).is_absolute() or ".." in Path(shard).parts:
-                raise HeadpatchError(f"{index} names shard {shard!r} outside the checkpoint directory")
             if not (directory / shard).is_file():
                 raise HeadpatchError(f"{index} names shard {shard}, which is missing from {directory}")
             _check_inside(directory, shard)
-        return dict(mapping)
+        return mapping
     if any(any(directory.glob(pattern)) for pattern in ("*.bin", "*.pt", "*.pth", "*.h5", "*.msgpack")):
         raise HeadpatchError(f"{directory} has no safetensors weights, only other formats; {CONVERSION_HINT}")
     raise HeadpatchError(f"{directory} holds no {SINGLE_FILE} or {INDEX_FILE}; if the checkpoint has only .bin "

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.architectures import head_layout
-from headpatch.errors import HeadpatchError
+from headpatch.errors import HeadpatchError, printable
 from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
 from headpatch.io.card import render_card
-from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, resolves_inside, source_roots
+from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_index, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
@@ -111,13 +111,16 @@ def stream_export(
     check_folds(plan, layout)
     carried = carried_files(source)
     if carried.skipped:
-        warn(f"not carried (links outside the source): {', '.join(carried.skipped)}")
+        warn(printable(f"not carried (links outside the source): {', '.join(carried.skipped)}"))
     with staged_output(out, overwrite) as staging:
         for path, relative in carried.files:
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, staging / relative)
         if plan.index is not None:
             shutil.copyfile(source / plan.index, staging / plan.index)
+            if read_index(staging / plan.index) != plan.weights:  # replaced since it was planned
+                raise HeadpatchError(f"{source / plan.index} changed while it was being exported; run the export "
+                                     "again")
         write_folded_shards(plan, layout, staging, show_progress)
         raw_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
         raw_config["headpatch"] = record.config_metadata()

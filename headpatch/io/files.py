@@ -32,8 +32,8 @@ def read_json(path: str | Path, what: str = "") -> Any:
     text = read_text(path, what)
     try:
         return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise HeadpatchError(f"cannot read {f'{what} {path}'.strip()}: not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: also int() refusing thousands of digits
+        raise HeadpatchError(f"cannot read {f'{what} {path}'.strip()}: not valid JSON ({str(exc)[:200]})") from None
 
 
 class _StrictYamlLoader(yaml.SafeLoader):

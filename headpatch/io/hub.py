@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headpatch.errors import HeadpatchError
-from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE
+from headpatch.io.atomic import MANIFEST
+from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, read_index
 from headpatch.io.files import read_json
 from headpatch.loading import Source
 
@@ -32,10 +32,11 @@ def _weight_files_to_fetch(repo_id: str, revision: str | None) -> list[str]:
     except EntryNotFoundError:
         pass
     try:
-        index = json.loads(Path(hf_hub_download(repo_id, INDEX_FILE, revision=revision)).read_text(encoding="utf-8"))
+        index = Path(hf_hub_download(repo_id, INDEX_FILE, revision=revision))
     except EntryNotFoundError:
         return []  # weight_files() then explains that only other formats exist
-    return [INDEX_FILE, *sorted(set(index.get("weight_map", {}).values()))]
+    # The names become download patterns: read_index refuses any that is not a plain file name ("*" would fetch all).
+    return [INDEX_FILE, *sorted(set(read_index(index).values()))]
 
 
 def cached_checkpoint_dir(source: Source) -> Path | None:
@@ -64,6 +65,8 @@ def checkpoint_dir(source: Source) -> Path:
         weights = _weight_files_to_fetch(source.location, source.revision)
         return Path(snapshot_download(source.location, revision=source.revision,
                                       allow_patterns=[*SMALL_FILES, *weights]))
+    except HeadpatchError:
+        raise
     except Exception as exc:  # huggingface_hub raises many types; all mean the files could not be had
         raise HeadpatchError(f"cannot fetch {source.location} from the Hub: {_first_line(exc)}") from exc
 
@@ -125,8 +128,9 @@ def push_folder(folder: Path, options: PushOptions) -> str:
             raise HeadpatchError(f"{options.repo_id} already exists and is public; refusing to upload a --private push")
         if options.revision:
             api.create_branch(options.repo_id, branch=options.revision, exist_ok=True)
+        # The manifests only guard local --overwrite; a clone of the repo must not pass for an earlier output.
         info = api.upload_folder(folder_path=folder, repo_id=options.repo_id, revision=options.revision,
-                                 commit_message=message, repo_type="model")
+                                 commit_message=message, repo_type="model", ignore_patterns=[f"*{MANIFEST}"])
     except Exception as exc:
         raise HeadpatchError(
             f"push to {options.repo_id} failed ({_first_line(exc)}); the export is kept at {folder}; retry with: "

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads
-from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, Shard, read_shards, read_tensor, weight_files
+from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, Shard, read_shard, read_shards, read_tensor, weight_files
 from headpatch.pear.fold import by_layer, finite_fold
 
 
@@ -84,22 +84,33 @@ def plan_fold(directory: Path, layout: HeadLayout, coefficients: dict[Head, floa
     return FoldPlan(directory, mapping, shards, tuple(patched), index)
 
 
-def folded_tensor(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> torch.Tensor:
-    """The patched tensor's new value: float32 multiply, cast back to the stored dtype, checked finite there."""
-    return finite_fold(read_tensor(plan.shards[tensor.shard], tensor.name), layout, tensor.heads, tensor.name)
+def folded_tensor(shard: Shard, tensor: PatchedTensor, layout: HeadLayout) -> torch.Tensor:
+    """The patched tensor's new value read from `shard`: float32 multiply, cast back to the stored dtype, checked
+    finite there."""
+    return finite_fold(read_tensor(shard, tensor.name), layout, tensor.heads, tensor.name)
 
 
 def check_folds(plan: FoldPlan, layout: HeadLayout) -> None:
     """Fold every patched tensor once before anything is written, so an overflowing coefficient writes nothing
     (one extra read of the output projections, a small part of the checkpoint)."""
     for tensor in plan.patched:
-        folded_tensor(plan, tensor, layout)
+        folded_tensor(plan.shards[tensor.shard], tensor, layout)
 
 
-def folded_bytes(plan: FoldPlan, tensor: PatchedTensor, layout: HeadLayout) -> memoryview:
+def folded_bytes(shard: Shard, tensor: PatchedTensor, layout: HeadLayout) -> memoryview:
     """The patched tensor's new bytes, same shape and dtype."""
-    folded = folded_tensor(plan, tensor, layout).contiguous()
+    folded = folded_tensor(shard, tensor, layout).contiguous()
     return memoryview(folded.reshape(-1).view(dtype=torch.uint8).numpy())
+
+
+def _copy_as_planned(shard: Shard, target: Path) -> Shard:
+    """Copy a shard and validate the copy against the plan: a source file replaced since it was planned (another
+    header, other offsets) is an error, never an export with wrong offsets. Folding then reads the copy only."""
+    shutil.copyfile(shard.path, target)
+    copied = read_shard(target)
+    if copied.header_bytes != shard.header_bytes or copied.tensors != shard.tensors:
+        raise HeadpatchError(f"{shard.path} changed while it was being exported; run the export again")
+    return copied
 
 
 def write_folded_shards(plan: FoldPlan, layout: HeadLayout, destination: Path, show_progress: bool = True) -> list[str]:
@@ -112,11 +123,12 @@ def write_folded_shards(plan: FoldPlan, layout: HeadLayout, destination: Path, s
             target.parent.mkdir(parents=True, exist_ok=True)
             # A whole-file copy (kernel copy_file_range where available), then the patched ranges overwritten in
             # place: headers and every other tensor stay byte-identical and memory holds one tensor at a time.
-            shutil.copyfile(shard.path, target)
+            copied = _copy_as_planned(shard, target)
             with open(target, "r+b") as handle:
                 for tensor in plan.patched_in(name):
-                    handle.seek(shard.tensors[tensor.name].begin)
-                    handle.write(folded_bytes(plan, tensor, layout))
+                    new_bytes = folded_bytes(copied, tensor, layout)
+                    handle.seek(copied.tensors[tensor.name].begin)
+                    handle.write(new_bytes)
                     rewritten.append(tensor.name)
-            bar.update(shard.path.stat().st_size)
+            bar.update(copied.path.stat().st_size)
     return rewritten

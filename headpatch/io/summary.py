@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headpatch.errors import HeadpatchError
+from headpatch.errors import HeadpatchError, printable
 from headpatch.record import PatchRecord
 
 
@@ -49,4 +49,4 @@ def metadata_summary(config: dict[str, Any], name: str) -> str:
         lines.append(f"  detected on {detection.data} ({detection.examples} examples)")
     else:
         lines.append("QRHead: none")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)  # every string in it comes from a file
