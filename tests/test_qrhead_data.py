@@ -51,6 +51,7 @@ def test_write_read_round_trip(tmp_path):
     [
         ({"paragraphs": []}, "document list 'paragraphs' is empty"),
         ({"gt_docs": [1, 7]}, "gt_docs names documents that do not exist: 7"),
+        ({"gt_docs": []}, "'gt_docs' must be a non-empty list of document ids"),
         ({"paragraphs": [RECORD["paragraphs"][0], {**RECORD["paragraphs"][1], "idx": "0"}]},
          "duplicate document ids 0"),
         ({"question": None}, "'question' must be a string"),

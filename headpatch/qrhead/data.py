@@ -62,9 +62,10 @@ def example_from_record(record: Any, where: str) -> Example:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise HeadpatchError(f"{where}: duplicate document ids {', '.join(duplicates)}")
-    gold = record.get("gt_docs", [])
-    if not isinstance(gold, list):
-        raise HeadpatchError(f"{where}: 'gt_docs' must be a list of document ids")
+    gold = record.get("gt_docs")
+    if not isinstance(gold, list) or not gold:
+        # detection scores the attention on the gold documents: an example without any would score nothing
+        raise HeadpatchError(f"{where}: 'gt_docs' must be a non-empty list of document ids")
     gold_ids = tuple(str(g) for g in gold)
     unknown = [g for g in gold_ids if g not in ids]
     if unknown:
@@ -91,8 +92,9 @@ def read_examples(path: str | Path) -> list[Example]:
             records = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             records = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise HeadpatchError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or int() refusing 5,000 digits
+        kind = "JSONL" if path.suffix == ".jsonl" else "JSON"
+        raise HeadpatchError(f"{path} is not valid {kind}: {str(exc)[:200]}") from None
     if not isinstance(records, list):
         raise HeadpatchError(f"{path}: expected a JSON list of examples")
     return examples_from_records(records, str(path))
