@@ -546,3 +546,12 @@ def test_a_hub_index_naming_a_glob_pattern_never_reaches_snapshot_download(tmp_p
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     with pytest.raises(HeadpatchError, match=r"names shard '\*', not a plain relative file name"):
         checkpoint_dir(Source(name="org/hostile", location="org/hostile", base_model="org/hostile"))
+
+
+def test_an_error_quoting_a_huge_input_is_cut_to_a_readable_line(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    patch = _patch(tmp_path, model.config, **{"x" * 100_000: 1})
+    result = _export(source, patch, tmp_path / "out")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "unknown key 'xxxx" in result.stderr and len(result.stderr) < 2100
+    assert re.search(r"\.\.\. \(\d+ more characters\)$", result.stderr.strip())

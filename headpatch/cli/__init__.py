@@ -42,8 +42,14 @@ app.command()(qrhead.rerank)
 app.command(name="eval")(eval_command)
 
 
+_MESSAGE_LIMIT = 2000  # a message may quote the user's input, which can be a megabyte on one line
+
+
 def _fail(message: str) -> None:
-    typer.echo(f"headpatch: error: {printable(message)}", err=True)
+    message = printable(message)
+    if len(message) > _MESSAGE_LIMIT:
+        message = f"{message[:_MESSAGE_LIMIT]}... ({len(message) - _MESSAGE_LIMIT} more characters)"
+    typer.echo(f"headpatch: error: {message}", err=True)
     sys.exit(2)
 
 
