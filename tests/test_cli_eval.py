@@ -31,7 +31,7 @@ def test_export_eval_writes_the_report_and_adds_the_table_to_the_card(smollm2, t
     results = json.loads((out / "eval" / "results.json").read_text())
     assert list(results["models"]) == ["base", "patched"]
     card = (out / "README.md").read_text()
-    assert "## Evaluation" in card and "| task | metric | base | patched | change |" in card
+    assert "## Evaluation" in card and "| task | metric | base | patched | change [95% CI] |" in card
     assert "eval/report.md" in card and (out / "eval" / "report.md").is_file()
 
 

@@ -90,6 +90,24 @@ def test_every_task_reports_every_model(results):
     assert copy["change"] == pytest.approx(copy["values"]["patched"] - copy["values"]["base"])
 
 
+def test_every_row_but_the_worst_position_carries_a_paired_comparison_of_its_items(results):
+    answers = {name: len(task["models"]["base"].get("answers", [])) for name, task in results["tasks"].items()}
+    for row in results["summary"]:
+        if row["metric"] == "accuracy, worst position":
+            assert "paired" not in row
+            continue
+        paired = row["paired"]
+        assert paired["change"] == pytest.approx(row["change"]) and paired["low"] <= paired["high"]
+        assert 0 < paired["p_value"] <= 1 and paired["verdict"] in ("better", "worse", "no clear change")
+        if row["metric"] in ("accuracy, mean over positions", "keyword score, mean over the grid"):
+            assert paired["items"] == answers[row["task"]]
+    ppl = results["tasks"]["ppl"]["models"]
+    assert ppl["base"]["kl_from_base"] == 0 and ppl["patched"]["kl_from_base"] > 0
+    assert len(ppl["patched"]["window_kl"]) == len(ppl["patched"]["window_losses"]) == 3
+    kl = next(row for row in results["summary"] if row["metric"].startswith("KL from base"))
+    assert kl["paired"]["items"] == 3 and kl["values"]["patched"] == pytest.approx(ppl["patched"]["kl_from_base"])
+
+
 def test_same_seed_same_results_other_seed_other_inputs(results, checkpoints):
     again = run_eval(str(checkpoints["patched"]), tasks="copy,niah,mdqa", settings=TINY_SETTINGS,
                      show_progress=False)
@@ -135,13 +153,15 @@ def test_unloadable_metadata_source_falls_back_to_evaluating_alone(smollm2, tmp_
 def test_report_files_are_written_and_parseable(results, tmp_path):
     out = write_report(results, tmp_path / "report")
     names = sorted(path.name for path in out.iterdir())
-    assert names == ["copy_accuracy.png", "mdqa_positions.png", "niah_base.png", "niah_difference.png",
+    assert names == [".headpatch-manifest.json", "copy_accuracy.png", "mdqa_positions.png", "niah_base.png", "niah_difference.png",
                      "niah_patched.png", "report.md", "results.json"]
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     for png in out.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
-    assert "| task | metric | base | patched | change |" in report
+    assert "| task | metric | base | patched | change [95% CI] | items (better↑ worse↓) | p | detectable | verdict |" \
+        in report
+    assert "95% percentile bootstrap over items" in report
     for name in ("niah_difference.png", "mdqa_positions.png"):
         assert f"]({name})" in report
     assert summary_markdown(results).split("\n\n")[0] in report
@@ -157,11 +177,15 @@ def test_a_non_empty_output_is_refused_unless_overwrite(results, tmp_path):
             write_report(results, out, overwrite=overwrite)
     assert (out / "keep.txt").read_text() == "mine"
     earlier = write_report(results, tmp_path / "earlier")
-    (earlier / "extra.txt").write_text("left from before")
+    (earlier / "extra.txt").write_text("added since")
     with pytest.raises(HeadpatchError, match="pass --overwrite"):
         write_report(results, earlier)
+    with pytest.raises(HeadpatchError, match=r"holds files no headpatch run wrote there \(extra.txt\)"):
+        write_report(results, earlier, overwrite=True)  # only what the earlier report wrote is replaced
+    (earlier / "extra.txt").unlink()
+    (earlier / "report.md").write_text("edited")
     write_report(results, earlier, overwrite=True)
-    assert not (earlier / "extra.txt").exists() and (earlier / "results.json").is_file()
+    assert (earlier / "report.md").read_text().startswith("# headpatch evaluation")
 
 
 def test_eval_command(checkpoints, tmp_path):

@@ -11,17 +11,43 @@ import torch
 from headpatch.runtime import input_device
 
 
-@torch.no_grad()
-def perplexity(model: Any, tokenizer: Any, texts: Iterable[str], window: int = 512, max_windows: int = 64) -> float:
-    """Token-level perplexity over non-overlapping windows of the concatenated texts."""
-    device = input_device(model)
+def _windows(tokenizer: Any, texts: Iterable[str], window: int, max_windows: int) -> torch.Tensor:
+    """Non-overlapping windows of `window` tokens of the concatenated texts, at most `max_windows` of them."""
     ids = tokenizer("\n\n".join(texts), add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-    windows = ids[: (len(ids) // window) * window].view(-1, window)[:max_windows]
-    total_loss, total_tokens = 0.0, 0
-    for chunk in windows.split(8):
-        chunk = chunk.to(device)
-        logits = model(input_ids=chunk, use_cache=False).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum")
-        total_loss += loss.item()
-        total_tokens += chunk[:, 1:].numel()
-    return math.exp(total_loss / total_tokens)
+    return ids[: (len(ids) // window) * window].view(-1, window)[:max_windows]
+
+
+def _next_token_logits(model: Any, chunk: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=chunk.to(input_device(model)), use_cache=False).logits[:, :-1].float()
+
+
+@torch.no_grad()
+def window_losses(model: Any, tokenizer: Any, texts: Iterable[str], window: int = 512,
+                  max_windows: int = 64) -> list[float]:
+    """Mean next-token loss (nats) of each window of the concatenated texts: the items perplexity is made of."""
+    losses: list[float] = []
+    for chunk in _windows(tokenizer, texts, window, max_windows).split(8):
+        logits = _next_token_logits(model, chunk)
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chunk[:, 1:].to(logits.device),
+                                                 reduction="none")
+        losses += loss.mean(dim=-1).tolist()
+    return losses
+
+
+def perplexity(losses: list[float]) -> float:
+    """Token-level perplexity from per-window losses (every window has the same number of tokens)."""
+    return math.exp(sum(losses) / len(losses))
+
+
+@torch.no_grad()
+def window_divergences(base: Any, patched: Any, tokenizer: Any, texts: Iterable[str], window: int = 512,
+                       max_windows: int = 64) -> list[float]:
+    """Mean KL(base ‖ patched) of the next-token distributions (nats per token) in each window: how far the patch
+    moves the model's predictions on ordinary text, whatever the effect on perplexity."""
+    divergences: list[float] = []
+    for chunk in _windows(tokenizer, texts, window, max_windows).split(8):
+        reference = torch.log_softmax(_next_token_logits(base, chunk), dim=-1)
+        changed = torch.log_softmax(_next_token_logits(patched, chunk), dim=-1).to(reference.device)
+        kl = (reference.exp() * (reference - changed)).sum(dim=-1)
+        divergences += kl.mean(dim=-1).tolist()
+    return divergences

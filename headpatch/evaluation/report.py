@@ -17,22 +17,48 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}"
 
 
+def _signed(value: float, relative: bool) -> str:
+    return f"{100 * value:+.2f}%" if relative else f"{value:+.3f}"
+
+
 def _change(row: dict[str, Any]) -> str:
     change = row.get("change")
     if change is None:
         return "–"
-    return f"{100 * change:+.2f}%" if row["relative"] else f"{change:+.3f}"
+    paired, relative = row.get("paired"), row["relative"]
+    interval = f" [{_signed(paired['low'], relative)}, {_signed(paired['high'], relative)}]" if paired else ""
+    return _signed(change, relative) + interval
+
+
+def _evidence(row: dict[str, Any]) -> list[str]:
+    """Items, better/worse counts, the exact test, the detectable change and the verdict of a paired row."""
+    paired = row.get("paired")
+    if paired is None:
+        return ["–"] * 4
+    detectable = "–" if paired["detectable"] is None else _signed(paired["detectable"], row["relative"]).lstrip("+")
+    return [f"{paired['items']} ({paired['better']}↑ {paired['worse']}↓)", f"{paired['p_value']:.3g}", detectable,
+            paired["verdict"]]
 
 
 def _table(results: dict[str, Any]) -> str:
     roles = list(results["models"])
     compared = len(roles) > 1
-    header = ["task", "metric", *roles, *(["change"] if compared else [])]
+    extra = ["change [95% CI]", "items (better↑ worse↓)", "p", "detectable", "verdict"] if compared else []
+    header = ["task", "metric", *roles, *extra]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in results["summary"]:
         cells = [row["task"], row["metric"], *(_number(row["values"].get(role)) for role in roles)]
-        lines.append("| " + " | ".join(cells + ([_change(row)] if compared else [])) + " |")
+        lines.append("| " + " | ".join(cells + ([_change(row), *_evidence(row)] if compared else [])) + " |")
     return "\n".join(lines)
+
+
+STATISTICS_NOTE = (
+    "Every change is patched − base on the same items (perplexity: relative). The interval is a 95% percentile "
+    "bootstrap over items (10,000 resamples); p is the exact two-sided sign test over the items whose outcome differs "
+    "(McNemar's exact test for right/wrong answers); *detectable* is the change these items would detect with 80% "
+    "power at α = 0.05, from the spread of the per-item differences. A verdict other than \"no clear change\" means "
+    "the interval excludes zero; the worst-position row is a minimum over positions and has no interval."
+)
 
 
 def _skipped(results: dict[str, Any]) -> list[str]:
@@ -51,9 +77,10 @@ def _models_line(results: dict[str, Any]) -> str:
 
 
 def summary_markdown(results: dict[str, Any]) -> str:
-    """The headline table with one line on what was compared, for a model card."""
+    """The headline table with one line on what was compared and how to read it, for a model card."""
     notes = " ".join(f"{line}." for line in _skipped(results))
-    footer = f"`headpatch eval`, {_setting_line(results)}: {_models_line(results)}. {notes}".rstrip()
+    statistics = f" {STATISTICS_NOTE}" if len(results["models"]) > 1 else ""
+    footer = f"`headpatch eval`, {_setting_line(results)}: {_models_line(results)}.{statistics} {notes}".rstrip()
     return f"{_table(results)}\n\n{footer}\n"
 
 
@@ -78,8 +105,7 @@ def report_markdown(results: dict[str, Any], figures: Figures) -> str:
         *_model_lines(results), "",
         _table(results), "",
         *[f"- {line}" for line in _skipped(results)], *([""] if _skipped(results) else []),
-        ("Changes are patched − base; perplexity changes are relative. Every number, answer and setting is in "
-         "`results.json`."), "",
+        STATISTICS_NOTE + " Every number, answer and setting is in `results.json`.", "",
     ]
     for caption, name in figures:
         parts += [f"![{caption}]({name})", ""]

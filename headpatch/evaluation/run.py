@@ -10,10 +10,11 @@ from typing import Any
 from headpatch._version import library_versions
 from headpatch.evaluation.models import identity, load_reference
 from headpatch.evaluation.registry import TASK_NAMES, TASKS, check_tasks, setting_for
-from headpatch.evaluation.tasks.base import TaskRun, TaskSkipped
+from headpatch.evaluation.stats import paired_change
+from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped
 from headpatch.loading import LoadedModel, load_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: summary rows carry `paired` (interval, test, detectable change)
 # "base" is the model compared against, "patched" the model under evaluation; a lone model is just "model"
 COMPARED_ROLES = ("base", "patched")
 ALONE_ROLE = "model"
@@ -43,6 +44,18 @@ def _change(row: dict[str, Any]) -> float | None:
     return patched - base
 
 
+def _row(metric: Metric, seed: int) -> dict[str, Any]:
+    """A summary row: the metric, its change, and where it has per-item values for both models the paired
+    comparison (interval, exact test, detectable change)."""
+    row = metric.as_dict()
+    row["change"] = _change(row)
+    items = metric.per_item or {}
+    if all(role in items for role in COMPARED_ROLES):
+        row["paired"] = paired_change(items["base"], items["patched"], metric.relative, metric.higher_is_better,
+                                      metric.log_items, seed).as_dict()
+    return row
+
+
 def run_eval(
     model: str, against: str | None = None, tasks: str | Sequence[str] = TASK_NAMES, quick: bool = False,
     seed: int = 0, dtype: str = "float32", device: str = "cpu", show_progress: bool = True,
@@ -63,9 +76,7 @@ def run_eval(
     for name in names:
         task_results[name], seconds[name] = _run_task(name, chosen[name], models, seed, show_progress)
         if "models" in task_results[name]:
-            summary += [metric.as_dict() for metric in TASKS[name].headline(task_results[name]["models"])]
-    for row in summary:
-        row["change"] = _change(row)
+            summary += [_row(metric, seed) for metric in TASKS[name].headline(task_results[name]["models"])]
     return {
         "format_version": FORMAT_VERSION,
         "versions": library_versions(),

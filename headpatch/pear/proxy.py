@@ -93,13 +93,20 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def copy_accuracy(model: Any, batch: CopyBatch, chunk: int = 20) -> float:
-    """Fraction of copyable positions where the model's top token is the copied one."""
+def copy_hits(model: Any, batch: CopyBatch, chunk: int = 20) -> tuple[list[int], int]:
+    """For each sequence, how many of its copyable positions get the copied token as the model's top token; and how
+    many copyable positions every sequence has."""
     device = input_device(model)
-    hits = total = 0
+    hits, positions = [], 0
     for start in range(0, len(batch.input_ids), chunk):
         ids = batch.input_ids[start : start + chunk].to(device)
         targets = copy_targets(ids, batch)
-        hits += (copy_logits(model, ids, batch).argmax(-1) == targets).sum().item()
-        total += targets.numel()
-    return hits / total
+        hits += (copy_logits(model, ids, batch).argmax(-1) == targets).sum(dim=-1).tolist()
+        positions = targets.shape[1]
+    return hits, positions
+
+
+def copy_accuracy(model: Any, batch: CopyBatch, chunk: int = 20) -> float:
+    """Fraction of copyable positions where the model's top token is the copied one."""
+    hits, positions = copy_hits(model, batch, chunk)
+    return sum(hits) / (positions * len(hits))

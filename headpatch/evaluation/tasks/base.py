@@ -33,16 +33,19 @@ class TaskRun:
 
 @dataclass(frozen=True)
 class Metric:
-    """One row of the summary table: a headline figure of a task for every model."""
+    """One row of the summary table: a headline figure of a task for every model, and the per-item values it is the
+    mean of (in the same item order for every model), from which the comparison gets its interval and test."""
 
     task: str
     name: str
     values: dict[str, float]
     higher_is_better: bool = True
     relative: bool = False  # change reported as a ratio (perplexity) rather than a difference
+    per_item: dict[str, list[float]] | None = None
+    log_items: bool = False  # the items are log-losses and the value is exp of their mean (perplexity)
 
     def as_dict(self) -> dict[str, Any]:
-        """The row as plain data."""
+        """The row as plain data (results.json keeps the items themselves with each task's answers)."""
         return {"task": self.task, "metric": self.name, "values": self.values,
                 "higher_is_better": self.higher_is_better, "relative": self.relative}
 
@@ -57,9 +60,11 @@ class Task(Generic[SettingT]):
     """Everything the evaluation knows about a task; the registry (headpatch.evaluation.registry) lists them.
 
     `title` names the task in the report's list of settings. `quick` takes a few minutes for two 135M models on a
-    2-core CPU; `full` gives the figures a report shows (about 15 minutes per such model). `run` evaluates one model
-    and returns plain data (results.json keeps it as is); `headline` picks the summary-table rows from every model's
-    result; `figures` draws the report's figures from the same results into a folder, for the tasks that have any.
+    2-core CPU; `full` gives the figures a report shows, sized for 300 paired answers in mdqa and niah (about 40
+    minutes per such model, estimated from the 15 of the earlier 120- and 80-answer setting). `run` evaluates one
+    model and returns plain data (results.json keeps it as is); `headline` picks the summary-table rows from every
+    model's result; `figures` draws the report's figures from the same results into a folder, for the tasks that have
+    any.
     """
 
     name: str
@@ -78,9 +83,17 @@ def require_tokenizer(loaded: LoadedModel, task: str) -> Any:
     return loaded.tokenizer
 
 
-def per_model(task: str, name: str, results: Results, key: str, **options: Any) -> Metric:
-    """A metric whose value for each model is `result[key]`."""
-    return Metric(task, name, {role: result[key] for role, result in results.items()}, **options)
+def per_model(task: str, name: str, results: Results, key: str, items: str | None = None, **options: Any) -> Metric:
+    """A metric whose value for each model is `result[key]` and whose per-item values are `result[items]`."""
+    per_item = {role: result[items] for role, result in results.items()} if items is not None else None
+    return Metric(task, name, {role: result[key] for role, result in results.items()}, per_item=per_item, **options)
+
+
+def item_metric(task: str, name: str, results: Results, select: Any, **options: Any) -> Metric:
+    """A metric that is the mean of per-item values `select(result)` for each model."""
+    per_item = {role: [float(v) for v in select(result)] for role, result in results.items()}
+    values = {role: sum(items) / len(items) for role, items in per_item.items()}
+    return Metric(task, name, values, per_item=per_item, **options)
 
 
 def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], setting: Any, run: TaskRun,

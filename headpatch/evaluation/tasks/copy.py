@@ -9,9 +9,9 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from headpatch.evaluation.plots import lines, save
-from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun, per_model
+from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun
 from headpatch.loading import LoadedModel
-from headpatch.pear.proxy import copy_accuracy, copy_batch, sampleable_ids, special_prefix
+from headpatch.pear.proxy import copy_batch, copy_hits, sampleable_ids, special_prefix
 
 
 @dataclass(frozen=True)
@@ -27,19 +27,24 @@ def evaluate(loaded: LoadedModel, setting: CopySetting, run: TaskRun) -> dict[st
     config = loaded.model.config
     vocab = sampleable_ids(config.vocab_size, loaded.tokenizer, config)
     prefix = special_prefix(loaded.tokenizer)
-    accuracy = {}
+    accuracy, per_sequence = {}, {}
     for n in tqdm(setting.lengths, desc=run.progress_label("copy"), unit="length", disable=not run.show_progress):
         batch = copy_batch(vocab, setting.samples, n, run.seed, "eval", prefix)
-        accuracy[str(n)] = copy_accuracy(loaded.model, batch)
-    return {"accuracy": accuracy, "mean": sum(accuracy.values()) / len(accuracy)}
+        hits, positions = copy_hits(loaded.model, batch)
+        per_sequence[str(n)] = [h / positions for h in hits]
+        accuracy[str(n)] = sum(hits) / (positions * len(hits))
+    return {"accuracy": accuracy, "mean": sum(accuracy.values()) / len(accuracy), "per_sequence": per_sequence}
 
 
 def headline(results: Results) -> list[Metric]:
     """Accuracy at every length and its mean."""
     lengths = next(iter(results.values()))["accuracy"]
-    rows = [Metric("copy", f"accuracy n={n}", {role: r["accuracy"][n] for role, r in results.items()})
-            for n in lengths]
-    return [*rows, per_model("copy", "accuracy, mean over lengths", results, "mean")]
+    rows = [Metric("copy", f"accuracy n={n}", {role: r["accuracy"][n] for role, r in results.items()},
+                   per_item={role: r["per_sequence"][n] for role, r in results.items()}) for n in lengths]
+    # every length has the same number of sequences: the mean over lengths is the mean over all sequences
+    every = {role: [a for n in lengths for a in r["per_sequence"][n]] for role, r in results.items()}
+    return [*rows, Metric("copy", "accuracy, mean over lengths", {role: r["mean"] for role, r in results.items()},
+                          per_item=every)]
 
 
 def figures(results: Results, out: Path) -> Figures:

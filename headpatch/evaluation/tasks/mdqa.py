@@ -13,7 +13,16 @@ from headpatch.evaluation.essay_split import context_essays
 from headpatch.evaluation.facts import MDQA_FACTS, Fact, keyword_score, mentions_any
 from headpatch.evaluation.generation import prompt_ids, question_prompt
 from headpatch.evaluation.plots import lines, save
-from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun, answer_all, require_tokenizer
+from headpatch.evaluation.tasks.base import (
+    Figures,
+    Metric,
+    Results,
+    Task,
+    TaskRun,
+    answer_all,
+    item_metric,
+    require_tokenizer,
+)
 from headpatch.loading import LoadedModel
 
 INSTRUCTION = ("Answer the question using only the documents below (some of which are irrelevant), "
@@ -88,16 +97,19 @@ def evaluate(loaded: LoadedModel, setting: MdqaSetting, run: TaskRun) -> dict[st
 
 
 def headline(results: Results) -> list[Metric]:
-    """Mean and worst-position accuracy, accuracy per kind of fact, and the memory-answer rate on counterfactuals."""
+    """Mean and worst-position accuracy, accuracy per kind of fact, and the memory-answer rate on counterfactuals;
+    every row but the worst position over the answers themselves (fact × position items)."""
     rows = [
-        Metric("mdqa", "accuracy, mean over positions", {r: v["mean"] for r, v in results.items()}),
+        item_metric("mdqa", "accuracy, mean over positions", results, lambda r: [a["correct"] for a in r["answers"]]),
         Metric("mdqa", "accuracy, worst position", {r: v["worst_position"] for r, v in results.items()}),
     ]
     for kind in next(iter(results.values()))["by_kind"]:
-        rows.append(Metric("mdqa", f"accuracy, {kind} facts", {r: v["by_kind"][kind] for r, v in results.items()}))
+        rows.append(item_metric("mdqa", f"accuracy, {kind} facts", results,
+                                lambda r, kind=kind: [a["correct"] for a in r["answers"] if a["kind"] == kind]))
     if all(v["memory_rate"] is not None for v in results.values()):
-        rows.append(Metric("mdqa", "counterfactuals answered from memory (lower is better)",
-                           {r: v["memory_rate"] for r, v in results.items()}, higher_is_better=False))
+        rows.append(item_metric("mdqa", "counterfactuals answered from memory (lower is better)", results,
+                                lambda r: [a["memory"] for a in r["answers"] if a["memory"] is not None],
+                                higher_is_better=False))
     return rows
 
 
@@ -111,6 +123,8 @@ def figures(results: Results, out: Path) -> Figures:
 TASK = Task(
     name="mdqa", title="Multi-document QA (lost in the middle)",
     quick=MdqaSetting(passages=5, passage_words=70, facts=4, max_new_tokens=32, batch_tokens=4096),
-    full=MdqaSetting(passages=10, passage_words=70, facts=12, max_new_tokens=32, batch_tokens=8192),
+    # 30 facts × 10 positions = 300 paired answers: a 5-point change is detectable (80% power) while up to about
+    # 9% of the answers differ between the models (see headpatch.evaluation.stats)
+    full=MdqaSetting(passages=10, passage_words=70, facts=30, max_new_tokens=32, batch_tokens=8192),
     run=evaluate, headline=headline, figures=figures,
 )

@@ -20,6 +20,7 @@ from headpatch.evaluation.tasks.base import (
     TaskRun,
     TaskSkipped,
     answer_all,
+    item_metric,
     require_tokenizer,
 )
 from headpatch.loading import LoadedModel
@@ -126,11 +127,13 @@ def evaluate(loaded: LoadedModel, setting: NiahSetting, run: TaskRun) -> dict[st
 
 
 def headline(results: Results) -> list[Metric]:
-    """The mean keyword score over the grid and at the longest length."""
-    rows = [Metric("niah", "keyword score, mean over the grid", {r: v["mean"] for r, v in results.items()})]
-    longest = {role: fmean([row[-1] for row in v["grid"]]) for role, v in results.items()}
+    """The mean keyword score over the grid and at the longest length, over the answers (length × depth × needle)."""
     length = next(iter(results.values()))["lengths"][-1]
-    return [*rows, Metric("niah", f"keyword score at {length} tokens", longest)]
+    return [
+        item_metric("niah", "keyword score, mean over the grid", results, lambda r: [a["score"] for a in r["answers"]]),
+        item_metric("niah", f"keyword score at {length} tokens", results,
+                    lambda r: [a["score"] for a in r["answers"] if a["length"] == length]),
+    ]
 
 
 def figures(results: Results, out: Path) -> Figures:
@@ -150,7 +153,8 @@ def figures(results: Results, out: Path) -> Figures:
 TASK = Task(
     name="niah", title="Needle in a haystack",
     quick=NiahSetting(lengths=(256, 1024), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32, batch_tokens=4096),
-    full=NiahSetting(lengths=(512, 1024, 2048, 4096), depths=(0.0, 0.25, 0.5, 0.75, 1.0), needles=4,
+    # 4 lengths × 5 depths × 15 needles = 300 paired answers, sized as mdqa's
+    full=NiahSetting(lengths=(512, 1024, 2048, 4096), depths=(0.0, 0.25, 0.5, 0.75, 1.0), needles=15,
                      max_new_tokens=32, batch_tokens=4096),
     run=evaluate, headline=headline, figures=figures,
 )

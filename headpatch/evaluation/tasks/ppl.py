@@ -8,7 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from headpatch.evaluation.essay_split import heldout_essays
-from headpatch.evaluation.metrics import perplexity
+from headpatch.evaluation.metrics import perplexity, window_divergences, window_losses
 from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, per_model, require_tokenizer
 from headpatch.loading import LoadedModel
 
@@ -22,19 +22,31 @@ class PplSetting:
 
 
 def evaluate(loaded: LoadedModel, setting: PplSetting, run: TaskRun) -> dict[str, Any]:
-    """Token-level perplexity over the first `windows` windows of the held-out essays (the seed plays no part)."""
+    """Token-level perplexity over the first `windows` windows of the held-out essays (the seed plays no part), and
+    for the patched model of a comparison the mean KL divergence of its next-token distributions from the base's."""
     tokenizer = require_tokenizer(loaded, "ppl")
-    essays = heldout_essays()
-    with tqdm(total=1, desc=run.progress_label("ppl"), disable=not run.show_progress) as bar:
-        value = perplexity(loaded.model, tokenizer, list(essays.values()), setting.window, setting.windows)
+    texts = list(heldout_essays().values())
+    base = run.models.get("base") if run.role == "patched" else None
+    with tqdm(total=2 if base else 1, desc=run.progress_label("ppl"), disable=not run.show_progress) as bar:
+        losses = window_losses(loaded.model, tokenizer, texts, setting.window, setting.windows)
         bar.update()
-    return {"perplexity": value, "essays": list(essays)}
+        divergences = [0.0] * len(losses)  # the base from itself
+        if base is not None:
+            divergences = window_divergences(base.model, loaded.model, tokenizer, texts, setting.window,
+                                             setting.windows)
+            bar.update()
+    return {"perplexity": perplexity(losses), "window_losses": losses, "kl_from_base": sum(divergences) / len(losses),
+            "window_kl": divergences, "essays": list(heldout_essays())}
 
 
 def headline(results: Results) -> list[Metric]:
-    """Perplexity, compared as a relative change."""
-    return [per_model("ppl", "perplexity (lower is better)", results, "perplexity", higher_is_better=False,
-                      relative=True)]
+    """Perplexity, compared as a relative change, and the mean KL divergence from the base's predictions."""
+    rows = [per_model("ppl", "perplexity (lower is better)", results, "perplexity", items="window_losses",
+                      higher_is_better=False, relative=True, log_items=True)]
+    if "base" in results and "patched" in results:
+        rows.append(per_model("ppl", "KL from base, nats per token (lower is better)", results, "kl_from_base",
+                              items="window_kl", higher_is_better=False))
+    return rows
 
 
 TASK = Task(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, TaskSkipped, per_model, require_tokenizer
+from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, TaskSkipped, item_metric, require_tokenizer
 from headpatch.loading import LoadedModel
 from headpatch.qrhead.builtin import builtin_examples
-from headpatch.qrhead.evaluate import summarize
+from headpatch.qrhead.evaluate import recall_at_k, reciprocal_rank, summarize
 from headpatch.qrhead.retriever import QRRetriever, shipped_qr_heads
 
 
@@ -40,15 +40,18 @@ def evaluate(loaded: LoadedModel, setting: RetrievalSetting, run: TaskRun) -> di
     retriever = QRRetriever(loaded.model, tokenizer, heads, truncate=True)
     scores = retriever.score_many([e.question for e in examples], [e.documents for e in examples],
                                   setting.batch_size, run.show_progress)
-    metrics = summarize(scores, [e.gold_positions() for e in examples])
+    golds = [e.gold_positions() for e in examples]
+    metrics = summarize(scores, golds)
     return {"recall@1": metrics["recall@1"], "mrr": metrics["mrr"], "heads": heads, "heads_from": origin,
-            "chance_recall@1": 1 / setting.docs}
+            "chance_recall@1": 1 / setting.docs,
+            "per_example": {"recall@1": [recall_at_k(s, g, 1) for s, g in zip(scores, golds)],
+                            "reciprocal_rank": [reciprocal_rank(s, g) for s, g in zip(scores, golds)]}}
 
 
 def headline(results: Results) -> list[Metric]:
     """Recall@1 and MRR."""
-    return [per_model("retrieval", "QR heads Recall@1", results, "recall@1"),
-            per_model("retrieval", "QR heads MRR", results, "mrr")]
+    return [item_metric("retrieval", "QR heads Recall@1", results, lambda r: r["per_example"]["recall@1"]),
+            item_metric("retrieval", "QR heads MRR", results, lambda r: r["per_example"]["reciprocal_rank"])]
 
 
 TASK = Task(
