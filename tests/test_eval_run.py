@@ -26,7 +26,7 @@ TINY_SETTINGS = {
                         batch_tokens=1024),
     "mdqa": MdqaSetting(passages=3, passage_words=30, facts=2, max_new_tokens=6, batch_tokens=1024),
     "ppl": PplSetting(window=64, windows=3),
-    "retrieval": RetrievalSetting(examples=3, docs=3, batch_size=2),
+    "retrieval": RetrievalSetting(examples=3, docs=3, batch_size=2, paraphrase=2),
 }
 
 
@@ -83,7 +83,11 @@ def test_every_task_reports_every_model(results):
     for role in ("base", "patched"):
         retrieval = tasks["retrieval"]["models"][role]
         assert retrieval["heads"] == ["2-1", "0-3"] and retrieval["heads_from"] == "patched"
-        assert 0 <= retrieval["recall@1"] <= 1 and 0 < retrieval["mrr"] <= 1
+        assert list(retrieval["sets"]) == ["built-in set", "paraphrase set"]
+        for name, examples in (("built-in set", 3), ("paraphrase set", 2)):
+            ranked = retrieval["sets"][name]
+            assert 0 <= ranked["recall@1"] <= 1 and 0 < ranked["mrr"] <= 1
+            assert len(ranked["per_example"]["recall@1"]) == examples
     ppl = next(row for row in results["summary"] if row["task"] == "ppl")
     assert ppl["change"] == pytest.approx(ppl["values"]["patched"] / ppl["values"]["base"] - 1)
     copy = next(row for row in results["summary"] if row["task"] == "copy")

@@ -58,6 +58,15 @@ def sign_test(better: int, worse: int) -> float:
     return min(1.0, float(Fraction(2 * tail, 2**n)))
 
 
+def mean_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `values` (one model's figure over its items)."""
+    array = np.asarray(values, dtype=np.float64)
+    rows = np.random.default_rng(seed).integers(0, len(array), size=(RESAMPLES, len(array)))
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(array[rows].mean(axis=1), [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def _statistic(values: np.ndarray, log_items: bool) -> np.ndarray:
     """The metric from per-item values along the last axis: their mean, or exp of their mean for log-loss items."""
     mean = values.mean(axis=-1)
