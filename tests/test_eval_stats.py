@@ -62,7 +62,15 @@ def test_perplexity_items_compare_as_a_relative_change_of_exp_mean_loss():
     change = paired_change(base, patched, relative=True, higher_is_better=False, log_items=True)
     assert change.change == pytest.approx(math.exp(0.01) - 1)
     assert change.low == pytest.approx(math.exp(0.01) - 1) and change.high == pytest.approx(math.exp(0.01) - 1)
-    assert change.verdict == "worse" and change.worse == 4
+    # four windows all worse: the interval excludes zero, but four items cannot reach p < 0.05 (p = 0.125)
+    assert change.worse == 4 and change.p_value == 0.125 and change.verdict == "no clear change"
+    assert paired_change(base * 2, patched * 2, True, False, True).verdict == "worse"  # eight: p = 0.008
+
+
+def test_a_bootstrap_interval_over_few_items_is_not_a_verdict_without_the_exact_test():
+    # 10 items, 5 better and 1 worse: the percentile interval lies above zero, the sign test gives p = 0.22
+    change = paired_change([0.0] * 10, [0.1, 0.12, 0.08, 0.1, 0.09, -0.02, 0, 0, 0, 0])
+    assert change.low > 0 and change.p_value == pytest.approx(0.21875) and change.verdict == "no clear change"
 
 
 def test_unpaired_items_are_refused():

@@ -432,6 +432,19 @@ def test_hostile_recipes_plan_or_refuse_in_one_line(fast_tier, tmp_path):
 
 # --- QRHead data and head sets (read before any model work) ----------------------------------------------------
 
+def _read_or_refuse(read: Callable[[Path], Any], path: Path, outcomes: Counter) -> Any:
+    """What `read` makes of the file, or None when it refuses it with a one-line HeadpatchError (anything else
+    raised fails the test)."""
+    try:
+        value = read(path)
+    except HeadpatchError as exc:
+        assert "\n" not in str(exc)
+        outcomes["refused"] += 1
+        return None
+    outcomes["read"] += 1
+    return value
+
+
 _EXAMPLE = {"idx": "q1", "question": "Who wrote it?", "gt_docs": ["d2"],
             "paragraphs": [{"idx": "d1", "title": "A", "paragraph_text": "One."},
                            {"idx": "d2", "title": "B", "paragraph_text": "Two."}]}
@@ -453,14 +466,8 @@ def test_hostile_qrhead_data_is_read_or_refused_in_one_line(fast_tier, tmp_path)
         else:
             text = _dumps(mutated)
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        try:
-            examples = read_examples(path)
-        except HeadpatchError as exc:
-            assert "\n" not in str(exc)
-            outcomes["refused"] += 1
-        else:
-            outcomes["read"] += 1
-            assert examples and all(example.gold_positions() for example in examples)
+        examples = _read_or_refuse(read_examples, path, outcomes)
+        assert examples is None or (examples and all(example.gold_positions() for example in examples))
 
     outcomes = Counter()
     check()
@@ -479,14 +486,8 @@ def test_hostile_qrhead_head_sets_are_read_or_refused_in_one_line(fast_tier, tmp
         text = raw_text if raw_text is not None else yaml.safe_dump(
             {"attn_head_set": separator.join(heads), "model_name_or_path": model})
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
-        try:
-            head_set = read_yaml(path)
-        except HeadpatchError as exc:
-            assert "\n" not in str(exc)
-            outcomes["refused"] += 1
-        else:
-            outcomes["read"] += 1
-            assert head_set.heads is None or all(isinstance(h, tuple) and len(h) == 2 for h in head_set.heads)
+        head_set = _read_or_refuse(read_yaml, path, outcomes)
+        assert head_set is None or head_set.heads is None or all(len(h) == 2 for h in head_set.heads)
 
     outcomes = Counter()
     check()

@@ -57,7 +57,7 @@ STATISTICS_NOTE = (
     "bootstrap over items (10,000 resamples); p is the exact two-sided sign test over the items whose outcome differs "
     "(McNemar's exact test for right/wrong answers); *detectable* is the change these items would detect with 80% "
     "power at α = 0.05, from the spread of the per-item differences. A verdict other than \"no clear change\" means "
-    "the interval excludes zero; the worst-position row is a minimum over positions and has no interval."
+    "the interval excludes zero and p < 0.05; the worst-position row is a minimum over positions and has no interval."
 )
 
 
