@@ -2,9 +2,64 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
 from huggingface_hub import ModelCard, ModelCardData
 
+from headpatch.errors import printable
 from headpatch.record import PatchRecord, Pear, QRHeads
+
+# Files whose terms bind the weights: carried with every export, and fetched with the weights from the Hub.
+LICENSE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
+
+
+@dataclass(frozen=True)
+class BaseCard:
+    """What an export's card keeps from the base model's card front matter: its terms and what it is for."""
+
+    license: str | None = None
+    license_name: str | None = None  # for license "other"
+    license_link: str | None = None
+    language: tuple[str, ...] = ()
+    pipeline_tag: str | None = None
+    problem: str | None = None  # why nothing could be read, for the warning
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def read_base_card(source: Path) -> BaseCard:
+    """The license, language and pipeline tag of the source's README.md front matter. A missing or malformed card
+    gives an empty one whose `problem` says why (a stranger's card is input like any other: never a traceback)."""
+    card = source / "README.md"
+    if not card.is_file():
+        return BaseCard(problem=f"{source.name} has no README.md")
+    text = card.read_text(encoding="utf-8", errors="replace")
+    if not text.startswith("---"):
+        return BaseCard(problem="its README.md has no front matter")
+    try:
+        front = yaml.safe_load(text.split("---", 2)[1]) if text.count("---") >= 2 else None
+    except yaml.YAMLError:
+        front = None
+    if not isinstance(front, dict):
+        return BaseCard(problem="its README.md front matter is not readable YAML")
+    language = front.get("language")
+    languages = [language] if isinstance(language, str) else language if isinstance(language, list) else []
+    return BaseCard(_text(front.get("license")), _text(front.get("license_name")), _text(front.get("license_link")),
+                    tuple(item for item in languages if _text(item)), _text(front.get("pipeline_tag")))
+
+
+def license_warning(base: BaseCard) -> str | None:
+    """The line to print when the export's card will name no license, or None."""
+    if base.license is not None:
+        return None
+    reason = base.problem or "its README.md front matter names no license"
+    return printable(f"the base model's license is not known ({reason}): the export's card names none; add the "
+                     "base model's terms to README.md before publishing")
 
 
 def _pear_section(pear: Pear | None) -> list[str]:
@@ -74,14 +129,19 @@ def _qrhead_section(qrhead: QRHeads | None, repo_hint: str) -> list[str]:
     ]
 
 
-def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint") -> str:
-    """The README.md of an exported checkpoint."""
+def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint", base: BaseCard = BaseCard()) -> str:
+    """The README.md of an exported checkpoint, keeping the base card's license, language and pipeline tag."""
+    qr_tags = ["qrhead", "retrieval-heads", "reranker"] if record.qrhead is not None else []
     data = ModelCardData(
         base_model=record.base_model,
         base_model_relation="finetune",
         library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["headpatch", "pear", *(["qrhead"] if record.qrhead is not None else [])],
+        license=base.license,
+        license_name=base.license_name,
+        license_link=base.license_link,
+        language=list(base.language) or None,
+        pipeline_tag=base.pipeline_tag or "text-generation",
+        tags=["headpatch", "pear", *qr_tags],
     )
     pear = record.pear
     body = [

@@ -14,7 +14,7 @@ from typing import Any
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError, printable
 from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
-from headpatch.io.card import render_card
+from headpatch.io.card import BaseCard, license_warning, read_base_card, render_card
 from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_index, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
@@ -24,8 +24,8 @@ from headpatch.record import PatchRecord
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
 
 
-def _write_card_and_record(staging: Path, record: PatchRecord, out: Path) -> None:
-    (staging / "README.md").write_text(render_card(record, out.name), encoding="utf-8")
+def _write_card_and_record(staging: Path, record: PatchRecord, out: Path, base: BaseCard) -> None:
+    (staging / "README.md").write_text(render_card(record, out.name, base), encoding="utf-8")
     write_record(record, staging / "headpatch.json")
 
 
@@ -46,7 +46,7 @@ def export_checkpoint(
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _write_card_and_record(staging, record, out)
+        _write_card_and_record(staging, record, out, read_base_card(Path(source_dir)) if source_dir else BaseCard())
     return out
 
 
@@ -94,8 +94,9 @@ def stream_export(
     source: str | Path, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True,
     warn: Callable[[str], None] = _warn_stderr,
 ) -> Path:
-    """Fold the record straight over the source's safetensors files into a new checkpoint directory; `warn` gets a
-    line naming the source files not carried because they link outside the source."""
+    """Fold the record straight over the source's safetensors files into a new checkpoint directory; `warn` gets,
+    after the export is written, a line naming the source files not carried because they link outside the source,
+    and one when the base model's license is not known."""
     from transformers import AutoConfig
 
     source, out = Path(source).resolve(), Path(out).resolve()
@@ -110,8 +111,7 @@ def stream_export(
     plan = plan_fold(source, layout, record.coefficients())
     check_folds(plan, layout)
     carried = carried_files(source)
-    if carried.skipped:
-        warn(printable(f"not carried (links outside the source): {', '.join(carried.skipped)}"))
+    base = read_base_card(source)
     with staged_output(out, overwrite) as staging:
         for path, relative in carried.files:
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -125,5 +125,11 @@ def stream_export(
         raw_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
         raw_config["headpatch"] = record.config_metadata()
         (staging / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n", encoding="utf-8")
-        _write_card_and_record(staging, record, out)
+        _write_card_and_record(staging, record, out, base)
+    # said once the export exists, so that an error is always the only line a failed run prints
+    if carried.skipped:
+        warn(printable(f"not carried (links outside the source): {', '.join(carried.skipped)}"))
+    warning = license_warning(base)
+    if warning is not None:
+        warn(warning)
     return out

@@ -9,12 +9,14 @@ from typing import Any
 
 from headpatch.errors import HeadpatchError
 from headpatch.io.atomic import MANIFEST
+from headpatch.io.card import LICENSE_PATTERNS
 from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, read_index
 from headpatch.io.files import read_json
 from headpatch.loading import Source
 
-# Config, generation config, tokenizer files and chat templates: everything an export carries besides the weights.
-SMALL_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py"]
+# Config, generation config, tokenizer files, chat templates, the card and the license: everything an export carries
+# or reads besides the weights.
+SMALL_FILES = ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja", "*.py", "README.md", *LICENSE_PATTERNS]
 
 
 def _first_line(exc: BaseException) -> str:

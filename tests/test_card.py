@@ -1,0 +1,108 @@
+"""The exported card keeps the base model's terms: license files travel with the weights (Hub sources too, through
+an offline cache laid out like the real one), and the card's front matter keeps license, language and pipeline tag."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from huggingface_hub import ModelCard
+
+from headpatch.io.card import BaseCard, read_base_card
+from headpatch.io.hub import SMALL_FILES
+from tests.conftest import invoke
+from tests.test_hub import _fake_cache
+from tests.test_stream import make_source, record_json
+
+BASE_CARD = """---
+license: other
+license_name: llama3.1
+license_link: https://llama.meta.com/llama3_1/license
+language:
+- en
+- de
+pipeline_tag: text-generation
+tags:
+- facebook
+---
+
+# The base model
+"""
+
+
+def _patch(tmp_path: Path, config) -> Path:
+    path = tmp_path / "patch.json"
+    path.write_text(json.dumps(record_json(config, {(0, 1): 0.5})), encoding="utf-8")
+    return path
+
+
+def _licensed_source(tmp_path: Path, sharded: bool = False):
+    source, model = make_source(tmp_path, "llama", torch.float32, sharded)
+    (source / "README.md").write_text(BASE_CARD, encoding="utf-8")
+    (source / "LICENSE").write_text("LLAMA 3.1 COMMUNITY LICENSE AGREEMENT", encoding="utf-8")
+    (source / "USE_POLICY.md").write_text("Acceptable use policy", encoding="utf-8")
+    return source, model
+
+
+def _card(out: Path) -> dict:
+    return ModelCard.load(out / "README.md").data.to_dict()
+
+
+def test_a_local_export_carries_the_license_files_and_the_card_keeps_the_terms(tmp_path):
+    source, model = _licensed_source(tmp_path)
+    out = tmp_path / "out"
+    result = invoke("export", str(source), "--patch", str(_patch(tmp_path, model.config)), "-o", str(out), "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (out / "LICENSE").read_text(encoding="utf-8").startswith("LLAMA 3.1")
+    assert (out / "USE_POLICY.md").is_file() and "license" not in result.stderr
+    card = _card(out)
+    assert (card["license"], card["license_name"], card["license_link"]) == (
+        "other", "llama3.1", "https://llama.meta.com/llama3_1/license")
+    assert card["language"] == ["en", "de"] and card["pipeline_tag"] == "text-generation"
+    assert "headpatch" in card["tags"] and "facebook" not in card["tags"]
+    assert "# The base model" not in (out / "README.md").read_text(encoding="utf-8")  # headpatch's own card
+
+
+def test_a_hub_source_fetches_and_carries_its_license_offline(tmp_path):
+    source, model = _licensed_source(tmp_path, sharded=True)
+    _fake_cache(tmp_path / "hub", "meta-llama/tiny", source)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = tmp_path / "out"
+    result = invoke("export", "meta-llama/tiny", "--patch", str(_patch(tmp_path, model.config)), "-o", str(out), "-q",
+                    env=env)
+    assert result.exit_code == 0, result.stderr
+    assert (out / "LICENSE").is_file() and (out / "USE_POLICY.md").is_file()
+    assert _card(out)["license"] == "other" and _card(out)["license_name"] == "llama3.1"
+    # what a download fetches: the license and the card are on the allow-list
+    assert {"LICENSE*", "USE_POLICY*", "NOTICE*", "README.md"} <= set(SMALL_FILES)
+
+
+def test_a_base_without_a_license_is_warned_about_and_the_card_names_none(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    out = tmp_path / "out"
+    result = invoke("export", str(source), "--patch", str(_patch(tmp_path, model.config)), "-o", str(out), "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "the base model's license is not known" in result.stderr and "no README.md" in result.stderr
+    assert "license" not in _card(out)
+
+
+def test_a_malformed_or_hostile_base_card_is_read_as_no_card(tmp_path):
+    for text, problem in [("no front matter", "no front matter"), ("---\n[unclosed\n---\n", "not readable YAML"),
+                          ("---\n- a list\n---\n", "not readable YAML"), ("---\na: &x 1\nb: *x\n---\n", None)]:
+        (tmp_path / "README.md").write_text(text, encoding="utf-8")
+        card = read_base_card(tmp_path)
+        assert card.license is None and (problem is None or problem in card.problem)
+    (tmp_path / "README.md").write_text("---\nlicense: [1, 2]\nlanguage: 5\npipeline_tag: text-generation\n---\n",
+                                        encoding="utf-8")
+    assert read_base_card(tmp_path) == BaseCard(pipeline_tag="text-generation")
+
+
+def test_exports_with_qr_heads_are_tagged_as_rerankers():
+    from headpatch.io.card import render_card
+    from headpatch.record import PatchRecord
+
+    record = PatchRecord.from_text((Path(__file__).parent / "data" / "records_v1" / "patch-qrhead.json").read_text(
+        encoding="utf-8"))
+    tags = ModelCard(render_card(record)).data.to_dict()["tags"]
+    assert {"qrhead", "retrieval-heads", "reranker"} <= set(tags)
