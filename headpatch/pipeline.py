@@ -260,14 +260,22 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
 
 def _evaluate_export(out: Path, job: ExportJob, show: bool, say: Say) -> None:
     """Evaluate the export against its source; the report goes into OUT/eval/ and its table into the model card."""
-    from headpatch.evaluation import run_eval, summary_markdown, write_report
-    from headpatch.io.export import add_to_card
+    from headpatch.evaluation import run_eval, write_report
 
     if job.revision is not None:
         say("--eval compares with the source at its default revision", err=True)
     results = run_eval(str(out), job.model, quick=job.export.eval == "quick", seed=job.seed, dtype=job.dtype,
                        device=job.device, show_progress=show)
     report = write_report(results, out / "eval")
-    add_to_card(out, "## Evaluation\n\n" + summary_markdown(results) + "\nFull report, figures and every number: "
-                "[eval/report.md](eval/report.md).\n")
+    add_evaluation_to_card(out, results, "eval/report.md")
     say(f"evaluation report -> {report}")
+
+
+def add_evaluation_to_card(out: Path, results: dict[str, Any], report_link: str) -> None:
+    """Add a `headpatch eval` report's table to an export's card, and its figures to the card's model-index."""
+    from headpatch.evaluation import summary_markdown
+    from headpatch.io.export import add_evaluation
+
+    section = (f"## Evaluation\n\n{summary_markdown(results)}\nFull report, figures and every number: "
+               f"[{report_link}]({report_link}).\n")
+    add_evaluation(out, section, results["summary"])

@@ -106,3 +106,48 @@ def test_exports_with_qr_heads_are_tagged_as_rerankers():
         encoding="utf-8"))
     tags = ModelCard(render_card(record)).data.to_dict()["tags"]
     assert {"qrhead", "retrieval-heads", "reranker"} <= set(tags)
+
+
+def _results(patched: float) -> dict:
+    """A minimal `headpatch eval` results.json: one compared task row with its paired statistics."""
+    paired = {"items": 300, "change": patched - 0.6, "low": 0.01, "high": 0.09, "p_value": 0.01, "better": 20,
+              "worse": 5, "detectable": 0.04, "higher_is_better": True, "verdict": "better"}
+    return {"models": {"base": {"name": "tiny/base"}, "patched": {"name": "out"}},
+            "run": {"quick": False, "seed": 0, "dtype": "float32", "device": "cpu", "settings_replaced": []},
+            "tasks": {"mdqa": {"models": {}}},
+            "summary": [{"task": "mdqa", "metric": "accuracy, mean over positions", "values": {"base": 0.6,
+                         "patched": patched}, "higher_is_better": True, "relative": False, "change": patched - 0.6,
+                         "paired": paired}]}
+
+
+def test_a_later_evaluation_goes_into_the_card_and_its_model_index(tmp_path):
+    source, model = _licensed_source(tmp_path)
+    out, report = tmp_path / "out", tmp_path / "report"
+    assert invoke("export", str(source), "--patch", str(_patch(tmp_path, model.config)), "-o", str(out),
+                  "-q").exit_code == 0
+    report.mkdir()
+    for patched in (0.65, 0.7):  # a second evaluation replaces the first, in the text and in the model-index
+        (report / "results.json").write_text(json.dumps(_results(patched)), encoding="utf-8")
+        result = invoke("card", str(out), "--eval", str(report))
+        assert result.exit_code == 0, result.stderr
+    card = ModelCard.load(out / "README.md")
+    found = {(r.dataset_type, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert found == {("headpatch-mdqa", "accuracy, mean over positions"): 0.7,
+                     ("headpatch-mdqa", "accuracy, mean over positions (base)"): 0.6}
+    assert card.data.license == "other" and card.data.model_name == "out"
+    assert card.text.count("## Evaluation") == 1 and "[../report/report.md](../report/report.md)" in card.text
+    assert "+0.100 [+0.010, +0.090]" in card.text and "## How to load it" in card.text
+
+
+def test_a_report_that_is_not_a_headpatch_eval_report_is_one_line(tmp_path):
+    source, model = _licensed_source(tmp_path)
+    out, report = tmp_path / "out", tmp_path / "report"
+    assert invoke("export", str(source), "--patch", str(_patch(tmp_path, model.config)), "-o", str(out),
+                  "-q").exit_code == 0
+    report.mkdir()
+    before = (out / "README.md").read_bytes()
+    for text in ('{"summary": 5}', "[]", "{"):
+        (report / "results.json").write_text(text, encoding="utf-8")
+        result = invoke("card", str(out), "--eval", str(report))
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert (out / "README.md").read_bytes() == before

@@ -1,8 +1,9 @@
-"""`headpatch push`, `inspect` and `verify`: commands on an exported checkpoint."""
+"""`headpatch push`, `inspect`, `verify` and `card`: commands on an exported checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,3 +66,23 @@ def verify(
                f"{len(result.problems)} unexpected differences")
     if not result.ok:
         raise typer.Exit(1)
+
+
+def card(
+    folder: Annotated[Path, typer.Argument(help="an exported checkpoint directory.", show_default=False)],
+    eval_report: Annotated[Path, typer.Option("--eval", help="a `headpatch eval` report directory (its results.json).",
+                                              show_default=False)],
+) -> None:
+    """Add an evaluation made later to an export's model card: its table, and its figures in the card's model-index,
+    which the Hub shows as evaluation results."""
+    from headpatch.errors import HeadpatchError
+    from headpatch.io.files import read_json
+    from headpatch.pipeline import add_evaluation_to_card
+
+    results = read_json(eval_report / "results.json", "evaluation results")
+    link = os.path.relpath(eval_report / "report.md", folder)
+    try:
+        add_evaluation_to_card(folder, results, link)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a results.json not written by headpatch eval
+        raise HeadpatchError(f"{eval_report / 'results.json'} is not a `headpatch eval` report ({exc!r})") from None
+    typer.echo(f"added the evaluation in {eval_report} to {folder / 'README.md'}")

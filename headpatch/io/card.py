@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from headpatch.errors import printable
 from headpatch.record import PatchRecord, Pear, QRHeads
@@ -168,3 +169,39 @@ def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint",
         "",
     ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def eval_results(summary: list[dict[str, Any]]) -> list[EvalResult]:
+    """The headline rows of a `headpatch eval` report as the Hub's model-index results: dataset `headpatch-<task>`,
+    the evaluated model's value, and for a comparison the base model's value beside it (metric name "... (base)")."""
+    results = []
+    for row in summary:
+        values = row["values"]
+        own = values.get("patched", values.get("model"))
+        for value, suffix in ((own, ""), (values.get("base"), " (base)")):
+            if value is None:
+                continue
+            results.append(EvalResult(task_type="text-generation", dataset_type=f"headpatch-{row['task']}",
+                                      dataset_name=f"headpatch-{row['task']}", metric_type=_slug(row["metric"]),
+                                      metric_value=round(float(value), 6), metric_name=row["metric"] + suffix))
+    return results
+
+
+def with_evaluation(card_text: str, section: str, summary: list[dict[str, Any]], model_name: str) -> str:
+    """A card with an evaluation section (its first line the heading) at the end and the same figures in its
+    machine-readable model-index, both replacing an earlier evaluation."""
+    card = ModelCard(card_text)
+    card.data.eval_results = eval_results(summary) or None
+    card.data.model_name = model_name
+    heading = section.split("\n", 1)[0]
+    text = card.text
+    if f"\n{heading}\n" in f"\n{text}":  # an earlier evaluation: replaced up to the next section
+        before, _, after = f"\n{text}".partition(f"\n{heading}\n")
+        rest = after.split("\n## ", 1)
+        text = before[1:] + ("\n## " + rest[1] if len(rest) > 1 else "")
+    card.text = text.rstrip("\n") + "\n\n" + section
+    return str(card)

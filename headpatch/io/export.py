@@ -14,7 +14,7 @@ from typing import Any
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError, printable
 from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
-from headpatch.io.card import BaseCard, license_warning, read_base_card, render_card
+from headpatch.io.card import BaseCard, license_warning, read_base_card, render_card, with_evaluation
 from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_index, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
@@ -80,10 +80,13 @@ def carried_files(source: Path) -> Carried:
     return Carried(files, skipped)
 
 
-def add_to_card(out: Path, section: str) -> None:
-    """Append a markdown section to an export's model card, replacing the file atomically."""
+def add_evaluation(out: Path, section: str, summary: list[dict[str, Any]]) -> None:
+    """Append an evaluation section to an export's model card and put its headline rows in the card's model-index,
+    replacing the file atomically."""
     card = out / "README.md"
-    write_text_atomic(card, card.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + section)
+    if not card.is_file():
+        raise HeadpatchError(f"{out} holds no README.md to add the evaluation to; is it an export?")
+    write_text_atomic(card, with_evaluation(card.read_text(encoding="utf-8"), section, summary, out.name))
 
 
 def _warn_stderr(message: str) -> None:
