@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 from headpatch._version import __version__
 from headpatch.architectures import HeadLayout, head_layout
@@ -19,6 +19,9 @@ from headpatch.heads import Head, check_heads, format_head, parse_heads
 from headpatch.loading import LoadedModel
 from headpatch.options import MEAN_VECTORS, PROPAGATIONS, ExportJob, LocateOptions, TrainOptions
 from headpatch.record import Architecture, CopyFigures, Location, PatchRecord, Pear, QRHeads, Training, check_k
+
+if TYPE_CHECKING:  # io.card imports huggingface_hub; the pipeline imports io only where a step needs it
+    from headpatch.io.card import CardContext
 
 LOCATION_METHOD = "PEAR mean ablation, delta_pi = logit_ablated / logit_clean - 1 of the copied token"
 
@@ -135,14 +138,16 @@ def qrhead_step(
 
 def export_step(
     loaded: LoadedModel, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True,
-    say: Say = _print,
+    say: Say = _print, context: CardContext | None = None,
 ) -> Path:
-    """Fold the record over the source checkpoint's files (stored dtype and shards kept) and write the export."""
+    """Fold the record over the source checkpoint's files (stored dtype and shards kept) and write the export;
+    `context` names the Hub repo and the command in its card."""
+    from headpatch.io.card import CardContext
     from headpatch.io.export import stream_export
     from headpatch.io.hub import checkpoint_dir
 
     return stream_export(checkpoint_dir(loaded.source), record, out, overwrite, show_progress,
-                         warn=lambda message: say(message, err=True))
+                         warn=lambda message: say(message, err=True), context=context or CardContext())
 
 
 IA3_MARKER = "adapter_config.json"  # every adapter written by save_ia3 holds it
@@ -186,7 +191,7 @@ class ExportOutcome:
     record: PatchRecord
 
 
-def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say) -> Path:
+def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, context: CardContext) -> Path:
     """The no-model-load path: fold a trained patch over the source's safetensors files."""
     from transformers import AutoConfig
 
@@ -199,7 +204,7 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say) -> Pa
     if job.ia3 is not None:  # refused before the export is written, not after
         check_ia3_dir(job.ia3, job.export.overwrite, directory)
     out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show,
-                        warn=lambda message: say(message, err=True))
+                        warn=lambda message: say(message, err=True), context=context)
     _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.reference, record, job, directory, say)
     return out
 
@@ -219,9 +224,11 @@ def _computed_record(job: ExportJob, loaded: LoadedModel, record: PatchRecord | 
     return record
 
 
-def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
-    """Run one export job: locate, train, detect, fold, then evaluate and push as asked. `say` gets progress lines."""
+def run_export(job: ExportJob, say: Say = _print, command: str | None = None) -> ExportOutcome:
+    """Run one export job: locate, train, detect, fold, then evaluate and push as asked. `say` gets progress lines;
+    `command`, the command line as io.card.public_command gives it, goes into the card."""
     from headpatch.io.atomic import check_output_dir
+    from headpatch.io.card import CardContext
     from headpatch.io.files import read_record
     from headpatch.io.hub import PushOptions, cached_checkpoint_dir, push_folder
     from headpatch.loading import load_model
@@ -236,19 +243,20 @@ def run_export(job: ExportJob, say: Say = _print) -> ExportOutcome:
     if job.ia3 is not None:
         check_ia3_dir(job.ia3, job.export.overwrite, None, job.export.output)
     push = job.export.push_to_hub
+    context = CardContext(repo_id=push, command=command)
     record = read_record(job.patch) if job.patch is not None else None
     qr_examples = None  # read before any model work, so bad data fails fast
     if job.qrhead.data is not None:
         data = None if job.qrhead.data == "builtin" else Path(job.qrhead.data)
         qr_examples = detection_examples(data, None, seed=job.seed)
     if record is not None and qr_examples is None:
-        out = _fold_patch(job, record, show, say)
+        out = _fold_patch(job, record, show, say, context)
     else:
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
         _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job,
                   cached_checkpoint_dir(loaded.source), say)
-        out = export_step(loaded, record, job.export.output, job.export.overwrite, show, say)
+        out = export_step(loaded, record, job.export.output, job.export.overwrite, show, say, context)
     say(f"exported {len(record.coefficients())} patched heads -> {out}")
     if job.export.eval is not None:
         _evaluate_export(out, job, show, say)

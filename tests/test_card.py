@@ -151,3 +151,26 @@ def test_a_report_that_is_not_a_headpatch_eval_report_is_one_line(tmp_path):
         result = invoke("card", str(out), "--eval", str(report))
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
     assert (out / "README.md").read_bytes() == before
+
+
+def test_the_card_names_the_command_without_local_paths_and_the_push_repo_in_its_snippet(tmp_path, monkeypatch):
+    from headpatch.io.card import public_command
+
+    source, model = _licensed_source(tmp_path)
+    patch, out = _patch(tmp_path, model.config), tmp_path / "alice-home" / "out"
+    result = invoke("export", str(source), "--patch", str(patch), "-o", str(out), "-q")
+    assert result.exit_code == 0, result.stderr
+    text = (out / "README.md").read_text(encoding="utf-8")
+    assert "Made by `headpatch export llama-source --patch patch.json -o out -q` with headpatch " in text
+    assert str(tmp_path) not in text and "transformers " in text
+    assert 'from_pretrained("out")' in text
+    assert public_command(["export", "me/model", "--ia3=/home/alice/adapter", "--k", "20"]) == \
+        "headpatch export me/model --ia3=adapter --k 20"
+
+    import headpatch.io.hub as hub  # a push: the snippet names the repo, not the folder
+
+    monkeypatch.setattr(hub, "push_folder", lambda folder, options: "https://huggingface.co/me/pear/commit/1")
+    result = invoke("export", str(source), "--patch", str(patch), "-o", str(tmp_path / "pushed"), "-q",
+                    "--push-to-hub", "me/pear")
+    assert result.exit_code == 0, result.stderr
+    assert 'from_pretrained("me/pear")' in (tmp_path / "pushed" / "README.md").read_text(encoding="utf-8")

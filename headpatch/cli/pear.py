@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -109,6 +110,7 @@ def export(
                        "summary table to the model card, before any push.")] = None,
 ) -> None:
     """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
+    from headpatch.io.card import public_command
     from headpatch.pipeline import run_export
 
     flags_given = {name: value for name, value in ctx.params.items() if name not in ("recipe", "dry_run")}
@@ -130,4 +132,6 @@ def export(
     else:
         job = with_flags(ExportJob(), flags_given)
     progress_enabled(job.quiet)
-    run_export(job, say=typer.echo)
+    # the command line as typed, when this runs as the `headpatch` console script (not inside another program)
+    typed = public_command(sys.argv[1:]) if Path(sys.argv[0]).name == "headpatch" else None
+    run_export(job, say=typer.echo, command=typed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,33 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from headpatch._version import library_versions
 from headpatch.errors import printable
 from headpatch.record import PatchRecord, Pear, QRHeads
 
 # Files whose terms bind the weights: carried with every export, and fetched with the weights from the Hub.
 LICENSE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """Where an export goes and how it was made: the card's loading snippet names the Hub repo it is pushed to (else
+    the folder), and its last section the command that made it."""
+
+    repo_id: str | None = None
+    command: str | None = None  # as public_command gives it
+
+
+def public_command(argv: Sequence[str]) -> str:
+    """`headpatch ARGV` as a public card may show it: an argument naming a local file or directory (or a flag's
+    `=value` doing so) is reduced to its last path component, so no user name in /home/alice/... is published."""
+    shown = []
+    for argument in argv:
+        flag, equals, value = argument.partition("=") if argument.startswith("--") else ("", "", argument)
+        if value.startswith(("/", "~", "./", "../")) or Path(value).expanduser().exists():
+            value = Path(value).name or value
+        shown.append(flag + equals + value)
+    return shlex.join(["headpatch", *shown])
 
 
 @dataclass(frozen=True)
@@ -130,8 +154,16 @@ def _qrhead_section(qrhead: QRHeads | None, repo_hint: str) -> list[str]:
     ]
 
 
-def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint", base: BaseCard = BaseCard()) -> str:
-    """The README.md of an exported checkpoint, keeping the base card's license, language and pipeline tag."""
+def _provenance_section(command: str | None) -> list[str]:
+    versions = ", ".join(f"{name} {version}" for name, version in library_versions().items())
+    made = f"`{command}`" if command else "the headpatch Python API"
+    return ["## Reproduce", "", f"Made by {made} with {versions}.", ""]
+
+
+def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint", base: BaseCard = BaseCard(),
+                command: str | None = None) -> str:
+    """The README.md of an exported checkpoint, keeping the base card's license, language and pipeline tag; its last
+    section names the command (as public_command gives it) and the library versions that made it."""
     qr_tags = ["qrhead", "retrieval-heads", "reranker"] if record.qrhead is not None else []
     data = ModelCardData(
         base_model=record.base_model,
@@ -167,6 +199,7 @@ def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint",
         *_qrhead_section(record.qrhead, repo_hint),
         "The full record (heads, coefficients, settings, results) is in `config.json` under the key `headpatch`.",
         "",
+        *_provenance_section(command),
     ]
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)))
 

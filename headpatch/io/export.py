@@ -14,7 +14,14 @@ from typing import Any
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError, printable
 from headpatch.io.atomic import check_output_dir, staged_output, write_text_atomic
-from headpatch.io.card import BaseCard, license_warning, read_base_card, render_card, with_evaluation
+from headpatch.io.card import (
+    BaseCard,
+    CardContext,
+    license_warning,
+    read_base_card,
+    render_card,
+    with_evaluation,
+)
 from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_index, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
@@ -24,8 +31,10 @@ from headpatch.record import PatchRecord
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
 
 
-def _write_card_and_record(staging: Path, record: PatchRecord, out: Path, base: BaseCard) -> None:
-    (staging / "README.md").write_text(render_card(record, out.name, base), encoding="utf-8")
+def _write_card_and_record(staging: Path, record: PatchRecord, out: Path, base: BaseCard,
+                           context: CardContext) -> None:
+    card = render_card(record, context.repo_id or out.name, base, context.command)
+    (staging / "README.md").write_text(card, encoding="utf-8")
     write_record(record, staging / "headpatch.json")
 
 
@@ -46,7 +55,8 @@ def export_checkpoint(
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        _write_card_and_record(staging, record, out, read_base_card(Path(source_dir)) if source_dir else BaseCard())
+        base = read_base_card(Path(source_dir)) if source_dir else BaseCard()
+        _write_card_and_record(staging, record, out, base, CardContext())
     return out
 
 
@@ -95,11 +105,11 @@ def _warn_stderr(message: str) -> None:
 
 def stream_export(
     source: str | Path, record: PatchRecord, out: str | Path, overwrite: bool = False, show_progress: bool = True,
-    warn: Callable[[str], None] = _warn_stderr,
+    warn: Callable[[str], None] = _warn_stderr, context: CardContext = CardContext(),
 ) -> Path:
     """Fold the record straight over the source's safetensors files into a new checkpoint directory; `warn` gets,
     after the export is written, a line naming the source files not carried because they link outside the source,
-    and one when the base model's license is not known."""
+    and one when the base model's license is not known. `context` names the Hub repo and the command in the card."""
     from transformers import AutoConfig
 
     source, out = Path(source).resolve(), Path(out).resolve()
@@ -128,7 +138,7 @@ def stream_export(
         raw_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
         raw_config["headpatch"] = record.config_metadata()
         (staging / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n", encoding="utf-8")
-        _write_card_and_record(staging, record, out, base)
+        _write_card_and_record(staging, record, out, base, context)
     # said once the export exists, so that an error is always the only line a failed run prints
     if carried.skipped:
         warn(printable(f"not carried (links outside the source): {', '.join(carried.skipped)}"))
