@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from headpatch.errors import HeadpatchError
 
@@ -85,10 +86,41 @@ def _gguf_cache_key(gguf: Path) -> str:
     return hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
 
 
+def gguf_card(gguf: Path) -> str | None:
+    """Card front matter with the license and languages the GGUF file records (general.license, general.languages),
+    or None when it records neither: written beside the converted checkpoint, so that its export keeps the terms."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(gguf).fields
+    except Exception:  # noqa: BLE001 - the conversion itself reports an unreadable file
+        return None
+
+    def strings(key: str) -> list[str]:
+        field = fields.get(key)
+        try:
+            return [bytes(field.parts[i]).decode("utf-8") for i in field.data] if field is not None else []
+        except (UnicodeDecodeError, IndexError, TypeError, ValueError):
+            return []
+
+    front = {"license": (strings("general.license") or [None])[0], "language": strings("general.languages") or None}
+    front = {key: value for key, value in front.items() if value}
+    return f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n" if front else None
+
+
+def _write_gguf_card(gguf: Path, directory: Path) -> None:
+    card = gguf_card(gguf)
+    if card is not None:
+        (directory / "README.md").write_text(card, encoding="utf-8")
+
+
 def convert_gguf(gguf: Path) -> Path:
-    """Dequantize a GGUF file once into a safetensors checkpoint in the cache; return its directory."""
+    """Dequantize a GGUF file once into a safetensors checkpoint in the cache (with the file's license and languages
+    in a README.md); return its directory."""
     target = cache_dir() / f"{gguf.stem}-{_gguf_cache_key(gguf)}"
     if (target / "config.json").is_file():
+        if not (target / "README.md").is_file():  # converted by an earlier headpatch, which wrote no card
+            _write_gguf_card(gguf, target)
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,6 +137,7 @@ def convert_gguf(gguf: Path) -> Path:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        _write_gguf_card(gguf, staging)
         staging.rename(target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)

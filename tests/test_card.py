@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from huggingface_hub import ModelCard
 
@@ -174,3 +175,16 @@ def test_the_card_names_the_command_without_local_paths_and_the_push_repo_in_its
                     "--push-to-hub", "me/pear")
     assert result.exit_code == 0, result.stderr
     assert 'from_pretrained("me/pear")' in (tmp_path / "pushed" / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_demo_gguf_records_its_license_for_the_converted_checkpoint():
+    from headpatch.loading import demo_gguf_path, gguf_card
+
+    assert gguf_card(demo_gguf_path("smollm2-135m")) == "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n"
+
+
+@pytest.mark.slow  # converts the demo GGUF (once; cached afterwards)
+def test_the_demo_export_keeps_the_gguf_license():
+    from headpatch.loading import resolve_source
+
+    assert read_base_card(Path(resolve_source("smollm2-135m").location)).license == "apache-2.0"
