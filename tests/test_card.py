@@ -121,12 +121,18 @@ def _results(patched: float) -> dict:
                          "paired": paired}]}
 
 
-def test_a_later_evaluation_goes_into_the_card_and_its_model_index(tmp_path):
+def _export_and_report_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """A licensed tiny export in tmp_path/out and an empty report directory beside it."""
     source, model = _licensed_source(tmp_path)
     out, report = tmp_path / "out", tmp_path / "report"
     assert invoke("export", str(source), "--patch", str(_patch(tmp_path, model.config)), "-o", str(out),
                   "-q").exit_code == 0
     report.mkdir()
+    return out, report
+
+
+def test_a_later_evaluation_goes_into_the_card_and_its_model_index(tmp_path):
+    out, report = _export_and_report_dirs(tmp_path)
     for patched in (0.65, 0.7):  # a second evaluation replaces the first, in the text and in the model-index
         (report / "results.json").write_text(json.dumps(_results(patched)), encoding="utf-8")
         result = invoke("card", str(out), "--eval", str(report))
@@ -141,11 +147,7 @@ def test_a_later_evaluation_goes_into_the_card_and_its_model_index(tmp_path):
 
 
 def test_a_report_that_is_not_a_headpatch_eval_report_is_one_line(tmp_path):
-    source, model = _licensed_source(tmp_path)
-    out, report = tmp_path / "out", tmp_path / "report"
-    assert invoke("export", str(source), "--patch", str(_patch(tmp_path, model.config)), "-o", str(out),
-                  "-q").exit_code == 0
-    report.mkdir()
+    out, report = _export_and_report_dirs(tmp_path)
     before = (out / "README.md").read_bytes()
     for text in ('{"summary": 5}', "[]", "{"):
         (report / "results.json").write_text(text, encoding="utf-8")
