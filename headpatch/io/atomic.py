@@ -220,7 +220,7 @@ def _publish_over(staging: Path, out: Path, marker: str) -> None:
     """Replace an earlier run's output (checked again now: it must still hold `marker`): moved aside, the new one
     renamed in without replacing, the old one put back if that fails."""
     check_output_dir(out, True, marker=marker)
-    _refuse_foreign(out, foreign_files(out, expected={path.as_posix() for path in _entries(staging)}))
+    _refuse_foreign(out, foreign_files(out, expected=_listed(staging)))  # publish_dir wrote staging's manifest
     retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
     out.rename(retired / "old")
     try:

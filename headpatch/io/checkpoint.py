@@ -11,7 +11,7 @@ import torch
 
 from headpatch.errors import HeadpatchError
 from headpatch.io.files import read_json
-from headpatch.io.header import MAX_HEADER_BYTES, HeaderError, data_size, parse_header
+from headpatch.io.header import MAX_HEADER_BYTES, HeaderError, TensorEntry, data_end, parse_header
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -26,22 +26,6 @@ CONVERSION_HINT = (
     "convert it to safetensors first: python -c \"from transformers import AutoModelForCausalLM as M; "
     "M.from_pretrained('SRC').save_pretrained('DST')\""
 )
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """Where one tensor's bytes lie in its shard (absolute file offsets) and what they hold."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        """Size of the tensor's data in bytes."""
-        return self.end - self.begin
 
 
 @dataclass(frozen=True)
@@ -67,17 +51,16 @@ def read_shard(path: Path) -> Shard:
         raw = handle.read(length)
     start = 8 + length
     try:
-        entries = parse_header(raw)
-        end = start + data_size(entries)
+        tensors = parse_header(raw, start)
+        end = data_end(tensors, start)
     except HeaderError as exc:
         raise HeadpatchError(f"{path} is corrupt: {exc}") from None
     if end > size:
-        cut = min((e for e in entries.values() if start + e.end > size), key=lambda e: (e.begin, e.end))
-        raise HeadpatchError(f"{path} is truncated: tensor {cut.name!r} needs bytes up to {start + cut.end}, the "
-                             f"file has {size}")
+        cut = min((e for e in tensors.values() if e.end > size), key=lambda e: (e.begin, e.end))
+        raise HeadpatchError(f"{path} is truncated: tensor {cut.name!r} needs bytes up to {cut.end}, the file has "
+                             f"{size}")
     if end != size:
         raise HeadpatchError(f"{path} is corrupt: its tensors end at byte {end} but the file has {size}")
-    tensors = {name: TensorEntry(name, e.dtype, e.shape, start + e.begin, start + e.end) for name, e in entries.items()}
     return Shard(path, start, tensors)
 
 

@@ -31,14 +31,19 @@ class HeaderError(ValueError):
 
 
 @dataclass(frozen=True)
-class HeaderEntry:
-    """One tensor's entry as the header gives it: offsets relative to the start of the data area."""
+class TensorEntry:
+    """Where one tensor's bytes lie in its file (absolute offsets: the header's, past the header) and what they hold."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
     begin: int
     end: int
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the tensor's data in bytes."""
+        return self.end - self.begin
 
 
 class _JsonObject(dict):
@@ -122,7 +127,7 @@ def _fields(name: str, info: Any) -> tuple[Any, Any, Any]:
     raise HeaderError(f"tensor {name!r} has a malformed entry")
 
 
-def _entry(name: str, info: Any) -> HeaderEntry:
+def _entry(name: str, info: Any, data_start: int) -> TensorEntry:
     dtype, shape, offsets = _fields(name, info)
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise HeaderError(f"tensor {name!r} has an unknown dtype {str(dtype)[:40]!r}")
@@ -130,10 +135,10 @@ def _entry(name: str, info: Any) -> HeaderEntry:
         raise HeaderError(f"tensor {name!r} has a malformed shape (dimensions are integers from 0 to 2^64-1)")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_u64(offset) for offset in offsets):
         raise HeaderError(f"tensor {name!r} has malformed data_offsets (two integers from 0 to 2^64-1)")
-    return HeaderEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
+    return TensorEntry(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
 
 
-def _nbytes(entry: HeaderEntry) -> int:
+def _nbytes(entry: TensorEntry) -> int:
     count = 1
     for dim in entry.shape:  # in order, as the library multiplies: an overflow before a zero dimension still counts
         count *= dim
@@ -147,9 +152,10 @@ def _nbytes(entry: HeaderEntry) -> int:
     return bits // 8
 
 
-def parse_header(raw: bytes) -> dict[str, HeaderEntry]:
-    """The tensors of a safetensors header (the JSON bytes after the length prefix), with the size of the data area
-    they tile checked by `data_size`; raises HeaderError for anything the safetensors library would refuse."""
+def parse_header(raw: bytes, data_start: int) -> dict[str, TensorEntry]:
+    """The tensors of a safetensors header (the JSON bytes after the length prefix), their offsets made absolute by
+    `data_start` (where the data area begins in the file); `data_end` then checks how they tile the data area. Raises
+    HeaderError for anything the safetensors library would refuse."""
     header = _load(raw)
     if not isinstance(header, dict):
         raise HeaderError("the header is not a JSON object")
@@ -159,17 +165,17 @@ def parse_header(raw: bytes) -> dict[str, HeaderEntry]:
     if metadata is not None and not (
             isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise HeaderError("'__metadata__' must map strings to strings")
-    return {name: _entry(name, info) for name, info in header.items() if name != "__metadata__"}
+    return {name: _entry(name, info, data_start) for name, info in header.items() if name != "__metadata__"}
 
 
-def data_size(entries: dict[str, HeaderEntry]) -> int:
-    """Check that the tensors tile the data area from byte 0 in offset order, each exactly its shape's size, and
-    return where the last one ends (the data area's required size)."""
-    position = 0
+def data_end(entries: dict[str, TensorEntry], data_start: int) -> int:
+    """Check that the tensors tile the data area from `data_start` in offset order, each exactly its shape's size,
+    and return where the last one ends (the size the file must have)."""
+    position = data_start
     for entry in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if entry.begin != position or entry.end < entry.begin:
-            raise HeaderError(f"tensor {entry.name!r} starts at data byte {entry.begin}, expected {position} "
-                              "(overlapping or gapped tensors)")
+            raise HeaderError(f"tensor {entry.name!r} starts at data byte {entry.begin - data_start}, expected "
+                              f"{position - data_start} (overlapping or gapped tensors)")
         size = _nbytes(entry)
         if entry.end - entry.begin != size:
             raise HeaderError(f"tensor {entry.name!r} has {entry.end - entry.begin} bytes for shape "
