@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from headpatch._version import library_versions
-from headpatch.errors import printable
+from headpatch.errors import HeadpatchError, printable
+from headpatch.io.files import parse_yaml
 from headpatch.record import PatchRecord, Pear, QRHeads
 
 # Files whose terms bind the weights: carried with every export, and fetched with the weights from the Hub.
@@ -66,9 +66,9 @@ def read_base_card(source: Path) -> BaseCard:
     text = card.read_text(encoding="utf-8", errors="replace")
     if not text.startswith("---"):
         return BaseCard(problem="its README.md has no front matter")
-    try:
-        front = yaml.safe_load(text.split("---", 2)[1]) if text.count("---") >= 2 else None
-    except yaml.YAMLError:
+    try:  # the strict loader: a stranger's front matter may hold an alias bomb
+        front = parse_yaml(text.split("---", 2)[1], str(card)) if text.count("---") >= 2 else None
+    except HeadpatchError:
         front = None
     if not isinstance(front, dict):
         return BaseCard(problem="its README.md front matter is not readable YAML")

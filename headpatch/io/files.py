@@ -58,7 +58,11 @@ class _StrictYamlLoader(yaml.SafeLoader):
 
 def read_yaml(path: str | Path, what: str = "") -> Any:
     """Parsed YAML of `path` (duplicate keys and aliases refused), with one-line errors naming the place."""
-    text = read_text(path, what)
+    return parse_yaml(read_text(path, what), str(path))
+
+
+def parse_yaml(text: str, path: str) -> Any:
+    """Parsed YAML text (duplicate keys and aliases refused); errors are one line naming `path` and the place."""
     try:
         return yaml.load(text, Loader=_StrictYamlLoader)
     except yaml.MarkedYAMLError as exc:
