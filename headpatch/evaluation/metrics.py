@@ -22,32 +22,28 @@ def _next_token_logits(model: Any, chunk: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def window_losses(model: Any, tokenizer: Any, texts: Iterable[str], window: int = 512,
-                  max_windows: int = 64) -> list[float]:
-    """Mean next-token loss (nats) of each window of the concatenated texts: the items perplexity is made of."""
+def window_losses(model: Any, tokenizer: Any, texts: Iterable[str], window: int = 512, max_windows: int = 64,
+                  base: Any = None) -> tuple[list[float], list[float]]:
+    """Per window of the concatenated texts: the mean next-token loss (nats) of `model`, the items perplexity is made
+    of; and the mean KL(base ‖ model) of the next-token distributions (nats per token), how far a patch moves the
+    predictions on ordinary text whatever the effect on perplexity (zeros without a `base`). One forward of `model`
+    per window serves both."""
     losses: list[float] = []
+    divergences: list[float] = []
     for chunk in _windows(tokenizer, texts, window, max_windows).split(8):
         logits = _next_token_logits(model, chunk)
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), chunk[:, 1:].to(logits.device),
                                                  reduction="none")
         losses += loss.mean(dim=-1).tolist()
-    return losses
+        if base is None:
+            divergences += [0.0] * len(chunk)
+            continue
+        reference = torch.log_softmax(_next_token_logits(base, chunk), dim=-1)
+        changed = torch.log_softmax(logits, dim=-1).to(reference.device)
+        divergences += (reference.exp() * (reference - changed)).sum(dim=-1).mean(dim=-1).tolist()
+    return losses, divergences
 
 
 def perplexity(losses: list[float]) -> float:
     """Token-level perplexity from per-window losses (every window has the same number of tokens)."""
     return math.exp(sum(losses) / len(losses))
-
-
-@torch.no_grad()
-def window_divergences(base: Any, patched: Any, tokenizer: Any, texts: Iterable[str], window: int = 512,
-                       max_windows: int = 64) -> list[float]:
-    """Mean KL(base ‖ patched) of the next-token distributions (nats per token) in each window: how far the patch
-    moves the model's predictions on ordinary text, whatever the effect on perplexity."""
-    divergences: list[float] = []
-    for chunk in _windows(tokenizer, texts, window, max_windows).split(8):
-        reference = torch.log_softmax(_next_token_logits(base, chunk), dim=-1)
-        changed = torch.log_softmax(_next_token_logits(patched, chunk), dim=-1).to(reference.device)
-        kl = (reference.exp() * (reference - changed)).sum(dim=-1)
-        divergences += kl.mean(dim=-1).tolist()
-    return divergences

@@ -8,7 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from headpatch.evaluation.essay_split import heldout_essays
-from headpatch.evaluation.metrics import perplexity, window_divergences, window_losses
+from headpatch.evaluation.metrics import perplexity, window_losses
 from headpatch.evaluation.tasks.base import Metric, Results, Task, TaskRun, per_model, require_tokenizer
 from headpatch.loading import LoadedModel
 
@@ -25,18 +25,14 @@ def evaluate(loaded: LoadedModel, setting: PplSetting, run: TaskRun) -> dict[str
     """Token-level perplexity over the first `windows` windows of the held-out essays (the seed plays no part), and
     for the patched model of a comparison the mean KL divergence of its next-token distributions from the base's."""
     tokenizer = require_tokenizer(loaded, "ppl")
-    texts = list(heldout_essays().values())
-    base = run.models.get("base") if run.role == "patched" else None
-    with tqdm(total=2 if base else 1, desc=run.progress_label("ppl"), disable=not run.show_progress) as bar:
-        losses = window_losses(loaded.model, tokenizer, texts, setting.window, setting.windows)
+    essays = heldout_essays()
+    base = run.models.get("base") if run.role == "patched" else None  # the base's KL from itself is zero
+    with tqdm(total=1, desc=run.progress_label("ppl"), disable=not run.show_progress) as bar:
+        losses, divergences = window_losses(loaded.model, tokenizer, list(essays.values()), setting.window,
+                                            setting.windows, base.model if base is not None else None)
         bar.update()
-        divergences = [0.0] * len(losses)  # the base from itself
-        if base is not None:
-            divergences = window_divergences(base.model, loaded.model, tokenizer, texts, setting.window,
-                                             setting.windows)
-            bar.update()
     return {"perplexity": perplexity(losses), "window_losses": losses, "kl_from_base": sum(divergences) / len(losses),
-            "window_kl": divergences, "essays": list(heldout_essays())}
+            "window_kl": divergences, "essays": list(essays)}
 
 
 def headline(results: Results) -> list[Metric]:
