@@ -106,7 +106,11 @@ def copy_hits(model: Any, batch: CopyBatch, chunk: int = 20) -> tuple[list[int],
     return hits, positions
 
 
+def hit_rate(hits: list[int], positions: int) -> float:
+    """The share of all copyable positions hit, from copy_hits' per-sequence counts."""
+    return sum(hits) / (positions * len(hits))
+
+
 def copy_accuracy(model: Any, batch: CopyBatch, chunk: int = 20) -> float:
     """Fraction of copyable positions where the model's top token is the copied one."""
-    hits, positions = copy_hits(model, batch, chunk)
-    return sum(hits) / (positions * len(hits))
+    return hit_rate(*copy_hits(model, batch, chunk))

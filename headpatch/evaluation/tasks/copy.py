@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from headpatch.evaluation.plots import lines, save
 from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun
 from headpatch.loading import LoadedModel
-from headpatch.pear.proxy import copy_batch, copy_hits, sampleable_ids, special_prefix
+from headpatch.pear.proxy import copy_batch, copy_hits, hit_rate, sampleable_ids, special_prefix
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def evaluate(loaded: LoadedModel, setting: CopySetting, run: TaskRun) -> dict[st
         batch = copy_batch(vocab, setting.samples, n, run.seed, "eval", prefix)
         hits, positions = copy_hits(loaded.model, batch)
         per_sequence[str(n)] = [h / positions for h in hits]
-        accuracy[str(n)] = sum(hits) / (positions * len(hits))
+        accuracy[str(n)] = hit_rate(hits, positions)
     return {"accuracy": accuracy, "mean": sum(accuracy.values()) / len(accuracy), "per_sequence": per_sequence}
 
 
