@@ -59,6 +59,15 @@ class HeadLayout:
         """Module path of layer `layer`'s output projection."""
         return self.o_proj_template.format(layer=layer)
 
+    def attention_name(self, layer: int) -> str:
+        """Module path of layer `layer`'s attention block: the output projection's parent."""
+        return self.o_proj_name(layer).rpartition(".")[0]
+
+    @property
+    def layers_name(self) -> str:
+        """Module path of the list of decoder layers."""
+        return self.o_proj_template.partition(".{layer}")[0]
+
     def o_proj_tensor(self, layer: int) -> str:
         """Name of the projection weight in a state dict written by `save_pretrained`."""
         return self.o_proj_name(layer) + ".weight"

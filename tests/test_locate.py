@@ -6,7 +6,7 @@ from headpatch.errors import HeadpatchError
 from headpatch.options import MEAN_VECTORS, PROPAGATIONS, LocateOptions
 from headpatch.pear.locate import clean_run, head_effects, locate_heads
 from headpatch.pear.proxy import copy_batch, sampleable_ids, special_prefix
-from tests.oracle import naive_head_effects
+from tests.oracle import naive_head_effects, whole_model_head_effects
 from tests.test_architectures import REQUIRED
 from tests.tiny import TINY_VOCAB, tiny_model
 
@@ -29,6 +29,31 @@ def test_fast_location_equals_naive_rerun_on_tiny_models(model_type, mean_vector
     naive = naive_head_effects(model, batch, layout, options)
     assert naive.abs().max() > 1e-3
     assert (fast - naive).abs().max().item() <= 1e-4
+    # and to headpatch 0.1's path, which recomputed every layer and the whole vocabulary for every ablation
+    assert (fast - whole_model_head_effects(model, batch, layout, options)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("propagation,attention_runs", [("direct", lambda layer, chunks: 1 + chunks),
+                                                        ("total", lambda layer, chunks: 1 + (layer + 1) * chunks)])
+def test_location_recomputes_only_from_the_ablated_layer_up(propagation, attention_runs):
+    model = tiny_model("llama")
+    layout = head_layout(model.config)
+    batch = _tiny_batch(model)
+    layers = model.model.layers
+    calls = {"layer": [0] * len(layers), "attention": [0] * len(layers), "head_rows": []}
+
+    def count(kind, i):
+        return lambda *args: calls[kind].__setitem__(i, calls[kind][i] + 1)
+
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(count("layer", i))
+        layer.self_attn.register_forward_hook(count("attention", i))
+    model.lm_head.register_forward_hook(lambda module, args, output: calls["head_rows"].append(output.shape[1:]))
+    chunks = 2  # max_rows=15 with 5 samples: 3 heads, then 1
+    head_effects(model, batch, layout, LocateOptions(propagation=propagation, max_rows=15))
+    assert calls["layer"] == [1 + (i + 1) * chunks for i in range(len(layers))]
+    assert calls["attention"] == [attention_runs(i, chunks) for i in range(len(layers))]
+    assert calls["head_rows"] == [(2, TINY_VOCAB)]  # the clean run; ablations read one logit without the LM head
 
 
 def test_propagation_and_mean_variants_differ():
@@ -85,3 +110,5 @@ def test_fast_location_equals_naive_rerun_on_smollm2(smollm2, mean_vector, propa
     naive = naive_head_effects(model, batch, layout, options)
     assert naive.abs().max() > 1e-3
     assert (fast - naive).abs().max().item() <= 1e-4
+    # and to headpatch 0.1's path, which recomputed every layer and the whole vocabulary for every ablation
+    assert (fast - whole_model_head_effects(model, batch, layout, options)).abs().max().item() <= 1e-5

@@ -17,6 +17,7 @@ from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
 from headpatch.options import LocateOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
+from headpatch.pear.upper import UpperRun, upper_part
 from headpatch.runtime import cache_argument, input_device
 
 
@@ -28,6 +29,7 @@ class CleanRun:
     logit: torch.Tensor  # [B] its logit at the scored position
     means: list[torch.Tensor]  # per layer [B, heads*head_dim] replacement vectors
     attn_out: list[torch.Tensor]  # per layer [B, hidden] o_proj output at the scored position
+    layer_in: list[torch.Tensor]  # per layer [B, hidden] residual stream entering the layer at the scored position
     cache: Any  # keys and values of the positions before the scored one
 
 
@@ -55,11 +57,13 @@ def _removed_after(handles: list[Any]) -> Iterator[None]:
 
 @torch.no_grad()
 def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str) -> CleanRun:
-    """Run the batch once without intervention and keep the logits, mean vectors and attention outputs."""
+    """Run the batch once without intervention and keep the logits, mean vectors, attention outputs and layer
+    inputs."""
     modules = o_proj_modules(model, layout)
     s = batch.scored_position
     means: list[torch.Tensor] = [None] * layout.num_layers  # type: ignore[list-item]
     attn_out: list[torch.Tensor] = [None] * layout.num_layers  # type: ignore[list-item]
+    layer_in: list[torch.Tensor] = [None] * layout.num_layers  # type: ignore[list-item]
 
     def capture(layer: int):
         def hook(module: Any, args: tuple, output: torch.Tensor) -> None:
@@ -69,17 +73,26 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
 
         return hook
 
+    def capture_input(layer: int):
+        def hook(module: Any, args: tuple, kwargs: dict) -> None:
+            layer_in[layer] = (args[0] if args else kwargs["hidden_states"])[:, s].clone()
+
+        return hook
+
     device = input_device(model)
     ids = batch.input_ids.to(device)
     after = ids.shape[1] - s
     cache = DynamicCache(config=model.config)
-    with _removed_after([module.register_forward_hook(capture(i)) for i, module in enumerate(modules)]):
+    layers = model.get_submodule(layout.layers_name)
+    handles = [module.register_forward_hook(capture(i)) for i, module in enumerate(modules)]
+    handles += [layers[i].register_forward_pre_hook(capture_input(i), with_kwargs=True) for i in range(len(layers))]
+    with _removed_after(handles):
         output = model(input_ids=ids, use_cache=True, logits_to_keep=after, **cache_argument(model, cache))
     # An intervention at s leaves every earlier position untouched, so their keys and values are reused.
     cache.crop(-after)
     target = ids[:, s + 1]
     logit = output.logits[:, 0].float().gather(1, target[:, None]).squeeze(1)
-    return CleanRun(target, logit, means, attn_out, cache)
+    return CleanRun(target, logit, means, attn_out, layer_in, cache)
 
 
 def ablate_hook(layer_means: torch.Tensor, heads: Sequence[int], layout: HeadLayout):
@@ -97,16 +110,6 @@ def ablate_hook(layer_means: torch.Tensor, heads: Sequence[int], layout: HeadLay
     return hook
 
 
-def freeze_hook(clean_out: torch.Tensor, copies: int):
-    """Forward hook holding a one-position attention output at its clean value (path patching)."""
-    frozen = clean_out.repeat_interleave(copies, dim=0)[:, None]
-
-    def hook(module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return frozen.to(output.dtype).expand_as(output)
-
-    return hook
-
-
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -116,7 +119,12 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
 def head_effects(
     model: Any, batch: CopyBatch, layout: HeadLayout, options: LocateOptions, progress: Any = None
 ) -> torch.Tensor:
-    """Δπ = π̃/π − 1 of every head for one batch, recomputing only the scored position from a shared cache."""
+    """Δπ = π̃/π − 1 of every head for one batch.
+
+    Only the scored position is recomputed, from a shared cache, and only from the ablated layer upward (the layers
+    below it see no change); in `direct` propagation the later attention blocks, whose outputs are frozen, do not run;
+    only the copied token's logit is computed.
+    """
     modules = o_proj_modules(model, layout)
     clean = clean_run(model, batch, layout, options.mean_vector)
     s = batch.scored_position
@@ -131,19 +139,17 @@ def head_effects(
             if copies not in repeated:
                 repeated[copies] = copy.deepcopy(clean.cache)
                 repeated[copies].batch_repeat_interleave(copies)
-            handles = [modules[layer].register_forward_pre_hook(ablate_hook(clean.means[layer], heads, layout))]
-            if options.propagation == "direct":
-                handles += [
-                    modules[later].register_forward_hook(freeze_hook(clean.attn_out[later], copies))
-                    for later in range(layer + 1, layout.num_layers)
-                ]
-            with _removed_after(handles):
-                logits = model(
-                    input_ids=scored_ids.repeat_interleave(copies, 0), use_cache=True,
-                    **cache_argument(model, repeated[copies]),
-                ).logits[:, -1].float()
-            repeated[copies].crop(-1)
-            picked = logits.gather(1, clean.target.repeat_interleave(copies)[:, None]).view(samples, copies)
+            frozen = range(layer + 1, layout.num_layers) if options.propagation == "direct" else ()
+            run = UpperRun(start=layer, layer_input=clean.layer_in[layer].repeat_interleave(copies, 0),
+                           frozen={later: clean.attn_out[later] for later in frozen}, copies=copies,
+                           targets=clean.target.repeat_interleave(copies))
+            ablate = modules[layer].register_forward_pre_hook(ablate_hook(clean.means[layer], heads, layout))
+            with _removed_after([ablate]), upper_part(model, layout, run) as target_logits:
+                output = model(input_ids=scored_ids.repeat_interleave(copies, 0), use_cache=True,
+                               **cache_argument(model, repeated[copies]))
+            for updated in run.updated_cache_layers(layout.num_layers):
+                repeated[copies].layers[updated].crop(-1)
+            picked = target_logits(output.logits).view(samples, copies)
             effects[layer, heads] = (picked / clean.logit[:, None] - 1).mean(0).cpu()
         if progress is not None:
             progress.update(1)
