@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from headpatch.evaluation.stats import mean_interval, paired_change  # noqa: E402
+from headpatch.stats import mean_interval, paired_change  # noqa: E402
 from headpatch.heads import Head, format_head  # noqa: E402
 from headpatch.loading import load_model  # noqa: E402
 from headpatch.qrhead.builtin import builtin_examples  # noqa: E402

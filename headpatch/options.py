@@ -79,6 +79,37 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
+class TuneOptions:
+    """Choosing K and training to convergence: one candidate per K on the ladder, each trained until a held-out copy
+    loss stops improving, the best one kept among those that stay within the damage guard on generic text."""
+
+    ladder: tuple[int, ...] = (5, 10, 20, 40)  # candidate K values, capped by the model's head count
+    max_steps: int = field(default=30, metadata=_POSITIVE)  # per candidate
+    batch_size: int = field(default=10, metadata=_POSITIVE)
+    n: int = field(default=25, metadata={"minimum": 2})
+    lr: float = 0.02
+    warmup_steps: int = field(default=2, metadata={"minimum": 0})
+    eval_every: int = field(default=5, metadata=_POSITIVE)  # steps between held-out evaluations
+    patience: int = field(default=2, metadata=_POSITIVE)  # evaluations without improvement before stopping
+    min_improvement: float = 0.01  # nats of held-out copy loss that count as an improvement
+    select_samples: int = field(default=32, metadata=_POSITIVE)  # held-out sequences for selection
+    max_perplexity_increase: float = 0.01  # guard: relative perplexity change on the guard text
+    max_kl: float = 0.01  # guard: mean KL(base || patched), nats per token, on the guard text
+    guard_windows: int = field(default=2, metadata=_POSITIVE)  # windows of 512 tokens of the guard text
+    seed: int = field(default=0, metadata=_NOT_IN_FILE)
+
+    def __post_init__(self) -> None:
+        if not self.ladder or any(k < 1 for k in self.ladder):
+            raise HeadpatchError("the K ladder needs at least one K, each at least 1")
+        if self.lr <= 0 or self.min_improvement < 0 or self.max_perplexity_increase < 0 or self.max_kl < 0:
+            raise HeadpatchError("tuning needs a positive learning rate and non-negative thresholds")
+
+    def ladder_for(self, total_heads: int) -> tuple[int, ...]:
+        """The ladder's distinct K values, ascending, capped by the model's head count."""
+        return tuple(sorted({min(k, total_heads) for k in self.ladder}))
+
+
+@dataclass(frozen=True)
 class QRHeadOptions:
     """QRHead detection: `data` is "builtin", a QRHead JSON/JSONL file, or None to skip detection."""
 
@@ -124,6 +155,7 @@ class ExportJob:
     quiet: bool = False
     locate: LocateOptions = LocateOptions()
     train: TrainOptions = TrainOptions()
+    tune: TuneOptions | None = TuneOptions()  # None: train K=locate.k heads for train.steps steps, no tuning
     qrhead: QRHeadOptions = QRHeadOptions()
     export: ExportOptions = ExportOptions()
 
@@ -137,11 +169,12 @@ EXPORT_FLAGS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "model": ((None, "model"),), "revision": ((None, "revision"),), "dtype": ((None, "dtype"),),
     "device": ((None, "device"),), "patch": ((None, "patch"),), "heads": ((None, "heads"),),
     "ia3": ((None, "ia3"),), "quiet": ((None, "quiet"),),
-    "seed": ((None, "seed"), ("locate", "seed"), ("train", "seed")),
+    "seed": ((None, "seed"), ("locate", "seed"), ("train", "seed"), ("tune", "seed")),
     "k": (("locate", "k"),), "settings": (("locate", "settings"),), "mean_vector": (("locate", "mean_vector"),),
     "propagation": (("locate", "propagation"),),
     "steps": (("train", "steps"),), "batch_size": (("train", "batch_size"),), "n": (("train", "n"),),
     "lr": (("train", "lr"),), "warmup_steps": (("train", "warmup_steps"),),
+    "ladder": (("tune", "ladder"),),
     "qrhead_data": (("qrhead", "data"),), "qrhead_k": (("qrhead", "k"),),
     "output": (("export", "output"),), "overwrite": (("export", "overwrite"),),
     "push_to_hub": (("export", "push_to_hub"),), "private": (("export", "private"),),
@@ -157,13 +190,26 @@ def with_flags(job: ExportJob, flags: Mapping[str, Any]) -> ExportJob:
     for name, value in flags.items():
         for section, name_in_section in EXPORT_FLAGS[name]:
             (top if section is None else sections.setdefault(section, {}))[name_in_section] = value
-    replaced = {section: dataclasses.replace(getattr(job, section), **values) for section, values in sections.items()}
+    # a job without tuning (fixed K and steps) ignores tuning flags
+    replaced = {section: dataclasses.replace(getattr(job, section), **values) for section, values in sections.items()
+                if getattr(job, section) is not None}
     return dataclasses.replace(job, **top, **replaced)
 
 
 def settings_text(settings: tuple[tuple[int, int], ...]) -> str:
     """Location settings in the CLI's form, e.g. "20x50,40x25"."""
     return ",".join(f"{samples}x{n}" for samples, n in settings)
+
+
+def parse_ladder(text: str) -> tuple[int, ...]:
+    """A K ladder from the CLI's form "5,10,20,40"."""
+    try:
+        ladder = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        ladder = ()
+    if not ladder or min(ladder) < 1:
+        raise HeadpatchError(f"malformed ladder {text!r}; expected positive K values such as 5,10,20,40")
+    return ladder
 
 
 def parse_settings(text: str) -> tuple[tuple[int, int], ...]:

@@ -17,8 +17,19 @@ from headpatch.architectures import HeadLayout, head_layout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads, format_head, parse_heads
 from headpatch.loading import LoadedModel
-from headpatch.options import MEAN_VECTORS, PROPAGATIONS, ExportJob, LocateOptions, TrainOptions
-from headpatch.record import Architecture, CopyFigures, Location, PatchRecord, Pear, QRHeads, Training, check_k
+from headpatch.options import MEAN_VECTORS, PROPAGATIONS, ExportJob, LocateOptions, TrainOptions, TuneOptions
+from headpatch.record import (
+    Architecture,
+    CopyFigures,
+    Location,
+    PatchRecord,
+    Pear,
+    QRHeads,
+    Training,
+    Tuning,
+    TuningCandidate,
+    check_k,
+)
 
 if TYPE_CHECKING:  # io.card imports huggingface_hub; the pipeline imports io only where a step needs it
     from headpatch.io.card import CardContext
@@ -106,6 +117,65 @@ def train_step(
     coefficients = {format_head(head): round(value, 8) for head, value in result.coefficients.items()}
     return dataclasses.replace(record, pear=dataclasses.replace(record.pear, coefficients=coefficients,
                                                                 training=training))
+
+
+TUNED_OPTIMIZER = "Adam, no weight decay, constant rate after linear warm-up, early stopping on held-out copy loss"
+
+
+def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
+              show_progress: bool = True) -> PatchRecord:
+    """Choose K from the ladder and train the chosen heads to convergence, from a located record's ranking; a model
+    where no candidate helps within the damage guard is an error that says so."""
+    from headpatch.pear.proxy import sampleable_ids, special_prefix
+    from headpatch.pear.scaling import scaled_heads
+    from headpatch.pear.train import evaluate_copy
+    from headpatch.pear.tune import GUARD_TEXT, tune
+
+    layout = head_layout(loaded.model.config)
+    record.check_fits(layout)
+    scores = record.pear.location.scores if record.pear is not None else None
+    if not scores:
+        raise HeadpatchError("tuning needs located heads with scores (`headpatch locate`), not a given head list")
+    ranked = record.with_top_k(len(scores)).pear_heads()
+    result = tune(loaded.model, loaded.tokenizer, layout, ranked, options, show_progress)
+    tuning = Tuning(
+        ladder=options.ladder_for(len(ranked)), max_steps=options.max_steps, batch_size=options.batch_size,
+        n=options.n, lr=options.lr, eval_every=options.eval_every, patience=options.patience,
+        min_improvement=options.min_improvement,
+        selection=f"{options.select_samples} held-out copy sequences of n={options.n} (their own seed stream)",
+        guard_text=f"{result.guard_windows} windows of 512 tokens: {GUARD_TEXT}",
+        max_perplexity_increase=options.max_perplexity_increase, max_kl=options.max_kl,
+        base_heldout_loss=round(result.base.loss, 6), base_heldout_accuracy=round(result.base.mean_accuracy, 4),
+        candidates=tuple(TuningCandidate(
+            k=c.k, steps=c.steps, steps_run=c.steps_run, stopped=c.stopped,
+            heldout_loss=round(c.selection.loss, 6), heldout_accuracy=round(c.selection.mean_accuracy, 4),
+            loss_change_interval=(round(c.improvement[0], 6), round(c.improvement[1], 6)),
+            perplexity_change=round(c.guard.perplexity_change, 6), kl=round(c.guard.kl, 6),
+            within_guard=c.within_guard) for c in result.candidates),
+        chosen_k=result.chosen.k if result.chosen is not None else None, reason=result.reason,
+        seconds=round(result.seconds, 2),
+    )
+    if result.chosen is None:
+        raise HeadpatchError(f"{result.reason}; force a patch with --k and --steps")
+    chosen = result.chosen
+    fixed = TrainOptions(steps=max(chosen.steps, 1), batch_size=options.batch_size, n=options.n, lr=options.lr,
+                         warmup_steps=options.warmup_steps, seed=options.seed)
+    vocab = sampleable_ids(loaded.model.config.vocab_size, loaded.tokenizer, loaded.model.config)
+    prefix = special_prefix(loaded.tokenizer)
+    before = evaluate_copy(loaded.model, vocab, prefix, fixed)
+    with scaled_heads(loaded.model, layout, chosen.coefficients):
+        after = evaluate_copy(loaded.model, vocab, prefix, fixed)
+    training = Training(
+        **dataclasses.asdict(fixed), optimizer=TUNED_OPTIMIZER,
+        loss="next-token cross-entropy on the copyable second half of proxy sequences", coefficient_dtype="float32",
+        seconds=round(result.seconds, 2), train_loss_first=round(chosen.train_losses[0], 6),
+        train_loss_last=round(chosen.train_losses[max(chosen.steps, 1) - 1], 6),
+        heldout_before=_figures(before), heldout_after=_figures(after),
+    )
+    picked = record.with_top_k(chosen.k)
+    coefficients = {format_head(head): round(value, 8) for head, value in chosen.coefficients.items()}
+    return dataclasses.replace(picked, pear=dataclasses.replace(picked.pear, coefficients=coefficients,
+                                                                training=training, tuning=tuning))
 
 
 def qr_k(loaded: LoadedModel, k: int | None) -> int:
@@ -215,10 +285,11 @@ def _computed_record(job: ExportJob, loaded: LoadedModel, record: PatchRecord | 
     k = qr_k(loaded, job.qrhead.k) if qr_examples is not None else None  # before location, not after it
     if record is None:
         if job.heads is not None:
-            record = heads_record(loaded, job.heads)
+            record = train_step(loaded, heads_record(loaded, job.heads), job.train, show_progress=show)
+        elif job.tune is not None:
+            record = tune_step(loaded, locate_step(loaded, job.locate, show_progress=show), job.tune, show)
         else:
-            record = locate_step(loaded, job.locate, show_progress=show)
-        record = train_step(loaded, record, job.train, show_progress=show)
+            record = train_step(loaded, locate_step(loaded, job.locate, show_progress=show), job.train, show)
     if qr_examples is not None:
         record = qrhead_step(loaded, record, *qr_examples, k, show_progress=show)
     return record

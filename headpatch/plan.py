@@ -44,13 +44,22 @@ def _steps(recipe: Recipe, job: ExportJob) -> tuple[list[str], set[str]]:
             steps.append(("heads", _heads_text(job.heads)))
         else:
             settings = ", ".join(f"{s}x{n}" for s, n in job.locate.settings)
+            kept = "rank them for tuning" if job.tune is not None else f"keep the top {job.locate.k}"
             locate = (f"score all {total:,} heads on settings {settings} (samples x n), mean vector "
-                      f"{job.locate.mean_vector}, propagation {job.locate.propagation}; keep the top {job.locate.k}")
+                      f"{job.locate.mean_vector}, propagation {job.locate.propagation}; {kept}")
             steps.append(("locate", locate))
             costs.add("locate")
-        train = (f"{job.train.steps} steps of {job.train.batch_size} sequences, n={job.train.n}, AdamW lr "
-                 f"{job.train.lr:g}, {job.train.warmup_steps} warm-up steps; one float32 coefficient per head")
-        steps.append(("train", train))
+        tune = job.tune if job.heads is None else None
+        if tune is not None:
+            ladder = ", ".join(str(k) for k in tune.ladder_for(total))
+            steps.append(("tune", f"K from {ladder}: each trained up to {tune.max_steps} steps of {tune.batch_size} "
+                                  f"sequences (n={tune.n}, Adam lr {tune.lr:g}), stopped when the held-out copy loss "
+                                  f"stops improving; the best within perplexity +{tune.max_perplexity_increase:.0%} "
+                                  f"and KL {tune.max_kl:g} kept"))
+        else:
+            steps.append(("train", f"{job.train.steps} steps of {job.train.batch_size} sequences, n={job.train.n}, "
+                                   f"AdamW lr {job.train.lr:g}, {job.train.warmup_steps} warm-up steps; one float32 "
+                                   "coefficient per head"))
         costs.add("train")
     data = job.qrhead.data
     if data is not None:

@@ -25,6 +25,7 @@ from headpatch.options import (
     LocateOptions,
     QRHeadOptions,
     TrainOptions,
+    TuneOptions,
 )
 from headpatch.pear.memory import LAYER_TRAITS, ModelShape
 from headpatch.record import check_k
@@ -101,6 +102,7 @@ class Recipe:
     seed: int = 0  # proxy sequences of location and training, and the built-in QRHead set
     pear: PearSettings = PearSettings()
     train: TrainOptions = TrainOptions()
+    tune: TuneOptions | None = TuneOptions()  # `tune: null` trains pear.k heads for train.steps steps
     qrhead: QRHeadOptions = QRHeadOptions()
     export: ExportOptions = ExportOptions()
     published: Published = Published()
@@ -113,7 +115,9 @@ class Recipe:
         return ExportJob(
             model=self.model, revision=self.revision, dtype=self.dtype, device=self.device, seed=self.seed,
             heads=heads, locate=dataclasses.replace(locate, seed=self.seed),
-            train=dataclasses.replace(self.train, seed=self.seed), qrhead=self.qrhead, export=self.export,
+            train=dataclasses.replace(self.train, seed=self.seed),
+            tune=dataclasses.replace(self.tune, seed=self.seed) if self.tune is not None else None,
+            qrhead=self.qrhead, export=self.export,
         )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, check_heads, format_head, parse_head
-from headpatch.typed import build, to_plain
+from headpatch.typed import build, choices, to_plain
 
 FORMAT_VERSION = 1
 _POSITIVE = {"minimum": 1}
@@ -99,6 +99,46 @@ class Training:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TuningCandidate:
+    """One K of the tuning ladder: how far its training went and what its coefficients do."""
+
+    k: int = field(metadata=_POSITIVE)
+    steps: int  # the training step whose coefficients were kept
+    steps_run: int
+    stopped: str = field(metadata=choices(("converged", "damage guard", "step budget")))
+    heldout_loss: float
+    heldout_accuracy: float
+    loss_change_interval: tuple[float, float]  # 95% interval of the held-out loss change from the base
+    perplexity_change: float  # relative, on the guard text
+    kl: float  # mean KL(base || patched), nats per token, on the guard text
+    within_guard: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class Tuning:
+    """How K and the training length were chosen: the settings, every candidate, and why the winner won."""
+
+    ladder: tuple[int, ...]
+    max_steps: int
+    batch_size: int
+    n: int
+    lr: float
+    eval_every: int
+    patience: int
+    min_improvement: float
+    selection: str  # the held-out set the choice read
+    guard_text: str
+    max_perplexity_increase: float
+    max_kl: float
+    base_heldout_loss: float
+    base_heldout_accuracy: float
+    candidates: tuple[TuningCandidate, ...]
+    chosen_k: int | None
+    reason: str
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class Pear:
     """The suppression heads in rank order, how they were found, and (once trained) one coefficient per head."""
 
@@ -106,6 +146,7 @@ class Pear:
     location: Location
     coefficients: dict[str, float] | None = None
     training: Training | None = None
+    tuning: Tuning | None = None
 
     def head_ids(self) -> list[Head]:
         """The heads as (layer, head) pairs, in rank order."""
@@ -328,6 +369,9 @@ def _check(record: PatchRecord) -> None:
             raise HeadpatchError("pear.coefficients must name exactly the heads of pear.heads")
         if pear.training is not None and pear.coefficients is None:
             raise HeadpatchError("pear.training is recorded without pear.coefficients")
+        if pear.tuning is not None and pear.tuning.chosen_k is not None and pear.tuning.chosen_k != len(pear.heads):
+            raise HeadpatchError(f"pear.tuning.chosen_k is {pear.tuning.chosen_k} but pear.heads lists "
+                                 f"{len(pear.heads)}")
     if record.qrhead is not None:
         qrhead = record.qrhead
         _check_head_list(qrhead.heads, qrhead.detection.k, architecture, "qrhead.heads", "qrhead.detection.k")

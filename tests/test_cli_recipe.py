@@ -66,6 +66,16 @@ def test_dry_run_prints_the_plan_and_loads_and_writes_nothing(tiny_recipe, tmp_p
                     "--dtype", "bfloat16")
     assert result.exit_code == 0, result.output
     assert "keep the top 5" in result.output and "dtype    bfloat16" in result.output
+    assert "2. train" in result.output and "tune" not in result.output  # a forced K turns tuning off
+    assert not (tmp_path / "out").exists()
+    tuned = invoke("export", "--recipe", str(tiny_recipe), "-o", str(tmp_path / "out"), "--dry-run")
+    assert "rank them for" in tuned.output and "2. tune    K from 5, 10, 12" in tuned.output
+
+
+def test_tuning_a_model_without_a_tokenizer_is_one_line(tiny_recipe, tmp_path):
+    result = invoke("export", "--recipe", str(tiny_recipe), "-o", str(tmp_path / "out"), "-q")
+    assert result.exit_code == 2
+    assert "needs the model's tokenizer" in result.stderr and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 

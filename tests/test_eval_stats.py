@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from headpatch.evaluation.stats import paired_change, sign_test
+from headpatch.stats import paired_change, sign_test
 
 
 @pytest.mark.parametrize(("better", "worse", "p"), [

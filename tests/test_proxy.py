@@ -1,6 +1,6 @@
 import torch
 
-from headpatch.pear.proxy import copy_batch, sampleable_ids, seed_for, special_prefix
+from headpatch.pear.proxy import PURPOSES, copy_batch, sampleable_ids, seed_for, special_prefix
 
 
 def test_batches_are_reproducible_and_repeat_their_first_half():
@@ -17,7 +17,7 @@ def test_batches_are_reproducible_and_repeat_their_first_half():
 
 def test_purposes_and_seeds_draw_different_sequences():
     vocab = torch.arange(5, 1000)
-    batches = [copy_batch(vocab, 4, 10, seed, purpose).input_ids for purpose in ("locate", "train", "eval") for seed in (0, 1)]
+    batches = [copy_batch(vocab, 4, 10, seed, purpose).input_ids for purpose in PURPOSES for seed in (0, 1)]
     assert all(not torch.equal(x, y) for i, x in enumerate(batches) for y in batches[i + 1:])
     assert len({seed_for(p, 0, 4, 10) for p in ("locate", "train", "eval")}) == 3
 

@@ -13,10 +13,10 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM
 
-from headpatch.errors import HeadpatchError
-from headpatch.plan import format_plan
 from headpatch.cli.pear import export
-from headpatch.options import EXPORT_FLAGS, ExportJob, parse_settings, settings_text, with_flags
+from headpatch.errors import HeadpatchError
+from headpatch.options import EXPORT_FLAGS, ExportJob, parse_ladder, parse_settings, settings_text, with_flags
+from headpatch.plan import format_plan
 from headpatch.recipe import Recipe, load_recipe, recipe_layout
 from headpatch.typed import file_fields
 
@@ -59,9 +59,11 @@ def _export_defaults() -> dict[str, typing.Any]:
     """Default of every job option of `headpatch export`, read from the command's signature."""
     defaults = {}
     for name, parameter in inspect.signature(export).parameters.items():
-        if name in EXPORT_FLAGS and parameter.default not in (inspect.Parameter.empty, ...):
+        # --k and --steps default to None, "not forced": the job keeps its tuning and its own K and steps
+        if name in EXPORT_FLAGS and parameter.default not in (inspect.Parameter.empty, ..., None):
             defaults[name] = parameter.default
     defaults["settings"] = parse_settings(defaults["settings"])
+    defaults["ladder"] = parse_ladder(defaults["ladder"])
     return defaults
 
 
@@ -253,15 +255,19 @@ def test_every_key_is_documented():
 
 def _plan(path: Path, output: str = "out", **overrides: typing.Any) -> str:
     recipe = load_recipe(path)
-    return format_plan(recipe, with_flags(recipe.job(), {"output": Path(output), **overrides}))
+    tune = overrides.pop("tune", recipe.job().tune)
+    job = with_flags(recipe.job(), {"output": Path(output), **overrides})
+    return format_plan(recipe, dataclasses.replace(job, tune=tune))
 
 
 def test_plan_of_the_demo_recipe():
     plan = _plan(RECIPES_DIR / "smollm2-135m-instruct.yaml", "./smollm2-135m-pear")
     assert "smollm2-135m" in plan and "float32" in plan
-    assert "score all 270 heads on settings 20x50, 40x25, 80x15, 100x10" in plan and "keep the top 10" in plan
-    assert "60 steps of 20 sequences, n=50, AdamW lr 0.005, 2 warm-up steps" in plan
+    assert "score all 270 heads on settings 20x50, 40x25, 80x15, 100x10" in plan and "rank them for tuning" in plan
+    assert "K from 5, 10, 20, 40: each trained up to 30 steps of 10 sequences (n=25, Adam lr 0.02)" in plan
     assert "-> smollm2-135m-pear" in plan
+    fixed = _plan(RECIPES_DIR / "smollm2-135m-instruct.yaml", "./out", tune=None)
+    assert "keep the top 10" in fixed and "60 steps of 20 sequences, n=50, AdamW lr 0.005, 2 warm-up steps" in fixed
     assert "qrhead" not in plan and "push" not in plan
     memory = plan.split("memory per step")[1]
     assert [line.split()[0] for line in memory.splitlines()[1:]] == ["locate", "train", "export"]

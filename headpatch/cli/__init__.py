@@ -35,8 +35,8 @@ def _main(
     """Make a causal LM read its context better and ship it as an ordinary checkpoint."""
 
 
-for command in (pear.locate, pear.train, pear.export, checkpoints.push, checkpoints.inspect, checkpoints.verify,
-                checkpoints.card):
+for command in (pear.locate, pear.train, pear.tune, pear.export, checkpoints.push, checkpoints.inspect,
+                checkpoints.verify, checkpoints.card):
     app.command()(command)
 app.add_typer(qrhead.app, name="qrhead")
 app.command()(qrhead.rerank)

@@ -7,10 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from headpatch.options import DTYPE_NAMES, LocateOptions, TrainOptions
+from headpatch.options import DTYPE_NAMES, LocateOptions, TrainOptions, TuneOptions
 
 LOCATE = LocateOptions()
 TRAIN = TrainOptions()
+TUNE = TuneOptions()
+DEFAULT_LADDER = ",".join(str(k) for k in TUNE.ladder)
 
 Model = Annotated[str, typer.Argument(
     help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m.", show_default=False)]
@@ -29,6 +31,11 @@ MeanVector = Annotated[str, typer.Option(help="mean vector: batch (reference cod
 Propagation = Annotated[str, typer.Option(help="direct (path patching, reference code) or total effect.")]
 
 Steps = Annotated[int, typer.Option(help="training steps.")]
+Ladder = Annotated[str, typer.Option(help="K values to try when tuning, comma-separated.")]
+FixedK = Annotated[Optional[int], typer.Option(
+    "--k", help="patch this many heads, no tuning (default: tuned, see --ladder).", show_default=False)]
+FixedSteps = Annotated[Optional[int], typer.Option(
+    help=f"train this many steps, no tuning (with --k alone: {TRAIN.steps}).", show_default=False)]
 BatchSize = Annotated[int, typer.Option(help="sequences per training step.")]
 N = Annotated[int, typer.Option("--n", help="length n of the random half of training sequences.")]
 Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]

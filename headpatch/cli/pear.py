@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,9 +11,18 @@ import typer
 
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
-from headpatch.cli.flags import LOCATE, TRAIN
+from headpatch.cli.flags import DEFAULT_LADDER, LOCATE, TRAIN, TUNE
 from headpatch.errors import HeadpatchError
-from headpatch.options import ExportJob, LocateOptions, TrainOptions, parse_settings, settings_text, with_flags
+from headpatch.options import (
+    ExportJob,
+    LocateOptions,
+    TrainOptions,
+    parse_ladder,
+    parse_settings,
+    settings_text,
+    with_flags,
+)
+from headpatch.record import PatchRecord
 
 DEFAULT_SETTINGS = settings_text(LOCATE.settings)
 
@@ -73,6 +83,41 @@ def train(
                f"accuracy {before.copy_accuracy} -> {after.copy_accuracy} -> {output}")
 
 
+def tune(
+    model: flags.Model, output: flags.Output,
+    heads: Annotated[Optional[str], typer.Option(
+        help="heads.json from `locate` (its scores rank the heads); default: locate first.")] = None,
+    ladder: flags.Ladder = DEFAULT_LADDER, seed: flags.Seed = TUNE.seed, dtype: flags.Dtype = "float32",
+    device: flags.Device = "cpu", revision: flags.Revision = None, quiet: flags.Quiet = False,
+) -> None:
+    """Choose K and train to convergence: each K of the ladder trained until a held-out copy loss stops improving,
+    the best one kept among those within the damage guard on generic text."""
+    from headpatch.io.files import write_record
+    from headpatch.loading import load_model
+    from headpatch.pipeline import heads_record, locate_step, tune_step
+
+    show = progress_enabled(quiet)
+    options = dataclasses.replace(TUNE, ladder=parse_ladder(ladder), seed=seed)
+    loaded = load_model(model, dtype, device, revision)
+    located = heads_record(loaded, heads) if heads is not None else locate_step(
+        loaded, dataclasses.replace(LOCATE, seed=seed), show_progress=show)
+    record = tune_step(loaded, located, options, show_progress=show)
+    write_record(record, output)
+    typer.echo(tuning_table(record))
+    typer.echo(f"-> {output}")
+
+
+def tuning_table(record: PatchRecord) -> str:
+    """The candidates of a tuned record as a plain-text table, and the reason for the choice."""
+    tuning = record.pear.tuning
+    lines = ["   K  steps  stopped by    held-out loss  accuracy  perplexity  KL        guard"]
+    for c in tuning.candidates:
+        lines.append(f"{c.k:4d}  {c.steps:5d}  {c.stopped:12s}  {c.heldout_loss:13.4f}  "
+                     f"{c.heldout_accuracy:8.3f}  {c.perplexity_change:+10.3%}  {c.kl:8.5f}  "
+                     f"{'within' if c.within_guard else 'outside'}")
+    return "\n".join(lines + [f"base held-out loss {tuning.base_heldout_loss:.4f}", f"chosen: {tuning.reason}"])
+
+
 def export(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(
@@ -89,9 +134,10 @@ def export(
     heads: Annotated[Optional[str], typer.Option(
         help="heads.json or a head list: skip locating, train these.")] = None,
     overwrite: flags.Overwrite = False,
-    k: flags.K = LOCATE.k, settings: flags.Settings = DEFAULT_SETTINGS,
+    k: flags.FixedK = None, settings: flags.Settings = DEFAULT_SETTINGS,
     mean_vector: flags.MeanVector = LOCATE.mean_vector, propagation: flags.Propagation = LOCATE.propagation,
-    steps: flags.Steps = TRAIN.steps, batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
+    steps: flags.FixedSteps = None, ladder: flags.Ladder = DEFAULT_LADDER,
+    batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
     lr: flags.Lr = TRAIN.lr, warmup_steps: flags.WarmupSteps = TRAIN.warmup_steps, seed: flags.Seed = LOCATE.seed,
     dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
     ia3: flags.Ia3 = None, quiet: flags.Quiet = False,
@@ -114,9 +160,14 @@ def export(
     from headpatch.pipeline import run_export
 
     flags_given = {name: value for name, value in ctx.params.items() if name not in ("recipe", "dry_run")}
+    fixed = k is not None or steps is not None  # forcing K or the step count turns tuning off
+    flags_given = {name: value for name, value in flags_given.items()
+                   if name not in ("k", "steps") or value is not None}
     flags_given["settings"] = parse_settings(settings)
+    flags_given["ladder"] = parse_ladder(ladder)
+    if dry_run and recipe is None:
+        raise HeadpatchError("--dry-run needs --recipe: it prints the plan of a recipe")
     if recipe is not None:
-        from headpatch.plan import format_plan
         from headpatch.recipe import load_recipe
 
         loaded_recipe = load_recipe(recipe)
@@ -124,13 +175,15 @@ def export(
         given = {name for name in flags_given
                  if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
         job = with_flags(loaded_recipe.job(), {name: flags_given[name] for name in given})
-        if dry_run:
-            typer.echo(format_plan(loaded_recipe, job))
-            return
-    elif dry_run:
-        raise HeadpatchError("--dry-run needs --recipe: it prints the plan of a recipe")
     else:
         job = with_flags(ExportJob(), flags_given)
+    if fixed or job.heads is not None or job.patch is not None:
+        job = dataclasses.replace(job, tune=None)
+    if dry_run:
+        from headpatch.plan import format_plan
+
+        typer.echo(format_plan(loaded_recipe, job))
+        return
     progress_enabled(job.quiet)
     # the command line as typed, when this runs as the `headpatch` console script (not inside another program)
     typed = public_command(sys.argv[1:]) if Path(sys.argv[0]).name == "headpatch" else None

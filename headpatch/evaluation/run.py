@@ -10,9 +10,9 @@ from typing import Any
 from headpatch._version import library_versions
 from headpatch.evaluation.models import identity, load_reference
 from headpatch.evaluation.registry import TASK_NAMES, TASKS, check_tasks, setting_for
-from headpatch.evaluation.stats import paired_change
 from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped
 from headpatch.loading import LoadedModel, load_model
+from headpatch.stats import paired_change
 
 FORMAT_VERSION = 2  # 2: summary rows carry `paired` (interval, test, detectable change)
 # "base" is the model compared against, "patched" the model under evaluation; a lone model is just "model"

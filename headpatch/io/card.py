@@ -14,7 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from headpatch._version import library_versions
 from headpatch.errors import HeadpatchError, printable
 from headpatch.io.files import parse_yaml
-from headpatch.record import PatchRecord, Pear, QRHeads
+from headpatch.record import PatchRecord, Pear, QRHeads, Tuning
 
 # Files whose terms bind the weights: carried with every export, and fetched with the weights from the Hub.
 LICENSE_PATTERNS = ("LICENSE*", "LICENCE*", "USE_POLICY*", "NOTICE*")
@@ -129,9 +129,36 @@ def _figures_section(pear: Pear | None) -> list[str]:
         "",
         f"Location: settings (samples, n) {settings}, mean vector `{location.mean_vector}`, "
         f"propagation `{location.propagation}`, K={location.k}. Training: {training.steps} steps of "
-        f"{training.batch_size} sequences, n={training.n}, AdamW lr {training.lr}.",
+        f"{training.batch_size} sequences, n={training.n}, {training.optimizer.split(',')[0]} lr {training.lr}.",
     ]
-    return lines
+    return lines + _tuning_lines(pear.tuning)
+
+
+def _tuning_lines(tuning: Tuning | None) -> list[str]:
+    if tuning is None:
+        return []
+    lines = [
+        "",
+        "### How K was chosen",
+        "",
+        f"Each K of the ladder {list(tuning.ladder)} was trained from coefficients of 1, measured every "
+        f"{tuning.eval_every} steps on {tuning.selection} and on the damage guard ({tuning.guard_text}: perplexity at "
+        f"most +{tuning.max_perplexity_increase:.1%}, mean KL from the base at most {tuning.max_kl} nats per token), "
+        f"and stopped when it left the guard, when the held-out copy loss had not improved by "
+        f"{tuning.min_improvement} nats for {tuning.patience} measurements (converged), or after {tuning.max_steps} "
+        "steps. Each keeps its best measured coefficients within the guard.",
+        "",
+        "| K | steps kept / run | stopped by | held-out copy loss | change from base (95% interval) | copy accuracy "
+        "| perplexity change | KL (nats/token) | guard |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| base | | | {tuning.base_heldout_loss:.4f} | | {tuning.base_heldout_accuracy:.3f} | | | |",
+    ]
+    for c in tuning.candidates:
+        low, high = c.loss_change_interval
+        lines.append(f"| {c.k} | {c.steps} / {c.steps_run} | {c.stopped} | {c.heldout_loss:.4f} "
+                     f"| [{low:+.4f}, {high:+.4f}] | {c.heldout_accuracy:.3f} | {c.perplexity_change:+.3%} "
+                     f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} |")
+    return lines + ["", f"Chosen: {tuning.reason}."]
 
 
 def _qrhead_section(qrhead: QRHeads | None, repo_hint: str) -> list[str]:

@@ -11,7 +11,7 @@ import torch
 from headpatch.runtime import input_device
 
 # Each purpose draws from its own seed stream, so evaluation never reuses location or training sequences.
-PURPOSES = ("locate", "train", "eval")
+PURPOSES = ("locate", "train", "eval", "select")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,22 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
     """Mean next-token loss over the copyable second half only."""
     logits = copy_logits(model, ids, batch).float()
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), copy_targets(ids, batch).flatten())
+
+
+@torch.no_grad()
+def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20) -> tuple[list[float], list[float]]:
+    """Per sequence: the mean loss over its copyable positions, and the share of them whose top token is the copied
+    one. Their means are copy_loss and copy_accuracy of the batch."""
+    device = input_device(model)
+    losses: list[float] = []
+    accuracy: list[float] = []
+    for start in range(0, len(batch.input_ids), chunk):
+        ids = batch.input_ids[start : start + chunk].to(device)
+        logits = copy_logits(model, ids, batch).float()
+        targets = copy_targets(ids, batch)
+        losses += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(-1).tolist()
+        accuracy += (logits.argmax(-1) == targets).float().mean(-1).tolist()
+    return losses, accuracy
 
 
 @torch.no_grad()

@@ -124,7 +124,7 @@ TASK = Task(
     name="mdqa", title="Multi-document QA (lost in the middle)",
     quick=MdqaSetting(passages=5, passage_words=70, facts=4, max_new_tokens=32, batch_tokens=4096),
     # 30 facts × 10 positions = 300 paired answers: a 5-point change is detectable (80% power) while up to about
-    # 9% of the answers differ between the models (see headpatch.evaluation.stats)
+    # 9% of the answers differ between the models (see headpatch.stats)
     full=MdqaSetting(passages=10, passage_words=70, facts=30, max_new_tokens=32, batch_tokens=8192),
     run=evaluate, headline=headline, figures=figures,
 )

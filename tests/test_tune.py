@@ -1,0 +1,148 @@
+"""Tuning: the K ladder, early stopping on the selection set, the damage guard, and the record and card it writes."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from headpatch.architectures import head_layout
+from headpatch.errors import HeadpatchError
+from headpatch.evaluation.metrics import window_losses
+from headpatch.io.card import render_card
+from headpatch.loading import LoadedModel, Source
+from headpatch.options import LocateOptions, TuneOptions
+from headpatch.pear.fold import fold_model
+from headpatch.pear.proxy import copy_batch, copy_scores, sampleable_ids
+from headpatch.pear.scaling import scaled_heads
+from headpatch.pear.tune import Candidate, Guard, Selection, choose, guard_figures, guard_windows, tune
+from headpatch.pipeline import locate_step, tune_step
+from headpatch.record import PatchRecord
+from tests.tiny import TINY_VOCAB, tiny_model
+
+# Small enough for the fast tier: two candidates, a few steps each, a lenient guard the tiny model stays inside.
+QUICK = TuneOptions(ladder=(1, 3), max_steps=12, batch_size=4, n=8, lr=0.2, warmup_steps=1, eval_every=4, patience=2,
+                    min_improvement=0.0, select_samples=16, max_perplexity_increase=10.0, max_kl=10.0, guard_windows=1)
+
+
+class ByteTokenizer:
+    """A tokenizer for tiny models: one token per byte, id 1 as BOS."""
+
+    all_special_ids = [0, 1, 2]
+    added_tokens_decoder: dict = {}
+
+    def __len__(self) -> int:
+        return TINY_VOCAB
+
+    def __call__(self, text, add_special_tokens=True, return_tensors=None):
+        ids = ([1] if add_special_tokens else []) + [3 + byte % (TINY_VOCAB - 3) for byte in text.encode()]
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
+
+
+def _ranked(model):
+    layout = head_layout(model.config)
+    return [(layer, head) for layer in range(layout.num_layers) for head in range(layout.num_heads)][::-1]
+
+
+def test_tuning_trains_each_k_and_keeps_the_lowest_heldout_loss():
+    model = tiny_model("llama")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    result = tune(model, ByteTokenizer(), head_layout(model.config), _ranked(model), QUICK, show_progress=False)
+    assert [c.k for c in result.candidates] == [1, 3]
+    for candidate in result.candidates:
+        assert len(candidate.coefficients) == candidate.k
+        assert candidate.steps % QUICK.eval_every == 0 and candidate.steps <= candidate.steps_run <= QUICK.max_steps
+        assert candidate.stopped in ("converged", "damage guard", "step budget")
+        # the kept figures are those of the kept coefficients
+        with scaled_heads(model, head_layout(model.config), candidate.coefficients):
+            losses, _ = copy_scores(model, copy_batch(sampleable_ids(TINY_VOCAB, ByteTokenizer(), model.config),
+                                                      QUICK.select_samples, QUICK.n, QUICK.seed, "select", [1]))
+        assert losses == pytest.approx(candidate.selection.losses, abs=1e-5)
+    assert result.chosen is not None and result.chosen.selection.loss < result.base.loss
+    assert result.chosen.selection.loss == min(c.selection.loss for c in result.candidates if c.beyond_noise)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())  # the model itself is untouched
+    assert not any(h for m in model.modules() for h in m._forward_pre_hooks.values())
+    again = tune(model, ByteTokenizer(), head_layout(model.config), _ranked(model), QUICK, show_progress=False)
+    assert [c.coefficients for c in again.candidates] == [c.coefficients for c in result.candidates]
+
+
+def test_the_guard_stops_training_and_no_candidate_means_no_patch():
+    model = tiny_model("llama")
+    strict = dataclasses.replace(QUICK, max_perplexity_increase=0.0, max_kl=0.0)
+    result = tune(model, ByteTokenizer(), head_layout(model.config), _ranked(model), strict, show_progress=False)
+    assert [c.stopped for c in result.candidates] == ["damage guard", "damage guard"]
+    assert all(c.steps == 0 and set(c.coefficients.values()) == {1.0} for c in result.candidates)
+    assert result.chosen is None and "no candidate" in result.reason
+
+
+def test_guard_figures_equal_the_evaluation_metrics_on_a_folded_copy():
+    model = tiny_model("qwen2")
+    layout = head_layout(model.config)
+    coefficients = {(0, 1): 1.6, (2, 3): 0.3}
+    windows = guard_windows(ByteTokenizer(), 2)
+    guard = guard_figures(model, layout, coefficients, windows)
+    folded = tiny_model("qwen2")
+    fold_model(folded, layout, coefficients)
+    texts = [bytes(int(i) - 3 for i in window).decode("latin-1") for window in windows]  # the same token ids back
+    tokenizer = ByteTokenizer()
+    base_losses, _ = window_losses(model, tokenizer, ["".join(texts)], 512, 2)
+    patched_losses, kl = window_losses(folded, tokenizer, ["".join(texts)], 512, 2, base=model)
+    expected_change = torch.tensor(patched_losses).mean().exp() / torch.tensor(base_losses).mean().exp() - 1
+    assert guard.perplexity_change == pytest.approx(expected_change.item(), abs=1e-5)
+    assert guard.kl == pytest.approx(sum(kl) / len(kl), abs=1e-6)
+    assert guard.kl > 1e-4
+    assert guard_figures(model, layout, {(0, 1): 1.0}, windows) == Guard(0.0, 0.0)
+
+
+def _candidate(k, loss, within=True, interval=(-0.2, -0.1)):
+    selection = Selection([loss], [0.5])
+    return Candidate(k=k, coefficients={}, steps=5, steps_run=5, stopped="converged", selection=selection,
+                     guard=Guard(0.0, 0.0), within_guard=within, improvement=interval)
+
+
+def test_choice_is_the_lowest_loss_within_the_guard_and_beyond_noise():
+    base = Selection([3.0], [0.4])
+    candidates = [_candidate(5, 2.5), _candidate(10, 2.0, within=False), _candidate(20, 1.9, interval=(-0.3, 0.01)),
+                  _candidate(40, 2.4)]
+    chosen, reason = choose(candidates, base, TuneOptions())
+    assert chosen.k == 40
+    assert "K=10 outside the guard" in reason and "K=20 not beyond noise" in reason
+
+
+def _byte_loaded(model):
+    return LoadedModel(model, ByteTokenizer(), Source(name="tiny", location="tiny", base_model=None))
+
+
+def test_tune_step_records_every_candidate_and_the_card_shows_them(tmp_path):
+    model = tiny_model("llama")
+    loaded = _byte_loaded(model)
+    located = locate_step(loaded, LocateOptions(settings=((4, 6),)), show_progress=False)
+    record = tune_step(loaded, located, QUICK, show_progress=False)
+    tuning = record.pear.tuning
+    assert [c.k for c in tuning.candidates] == [1, 3] and tuning.chosen_k == len(record.pear.heads)
+    assert record.pear.heads == located.with_top_k(tuning.chosen_k).pear.heads
+    assert record.pear.training.steps == max(next(c.steps for c in tuning.candidates if c.k == tuning.chosen_k), 1)
+    again = PatchRecord.from_text(record.to_text())
+    assert again == record
+    card = render_card(record, "tiny")
+    assert "How K was chosen" in card and f"Chosen: {tuning.reason}" in card
+    assert card.count("| within |") + card.count("| outside |") == len(tuning.candidates)
+    broken = json.loads(record.to_text())
+    broken["pear"]["tuning"]["chosen_k"] = 2
+    with pytest.raises(HeadpatchError, match="chosen_k"):
+        PatchRecord.from_json(broken)
+
+
+def test_tune_step_without_a_helpful_candidate_is_a_clear_error():
+    model = tiny_model("llama")
+    loaded = _byte_loaded(model)
+    located = locate_step(loaded, LocateOptions(settings=((4, 6),)), show_progress=False)
+    strict = dataclasses.replace(QUICK, max_perplexity_increase=0.0, max_kl=0.0)
+    with pytest.raises(HeadpatchError, match="no candidate .* force a patch with --k and --steps"):
+        tune_step(loaded, located, strict, show_progress=False)
+
+
+def test_ladder_is_capped_by_the_head_count():
+    assert TuneOptions(ladder=(40, 5, 10, 500)).ladder_for(12) == (5, 10, 12)
+    with pytest.raises(HeadpatchError, match="ladder"):
+        TuneOptions(ladder=())
