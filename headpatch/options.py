@@ -84,10 +84,10 @@ class TuneOptions:
     loss stops improving, the best one kept among those that stay within the damage guard on generic text."""
 
     ladder: tuple[int, ...] = (5, 10, 20, 40)  # candidate K values, capped by the model's head count
-    max_steps: int = field(default=30, metadata=_POSITIVE)  # per candidate
+    max_steps: int = field(default=40, metadata=_POSITIVE)  # per candidate
     batch_size: int = field(default=10, metadata=_POSITIVE)
     n: int = field(default=25, metadata={"minimum": 2})
-    lr: float = 0.02
+    lr: float = 0.01
     warmup_steps: int = field(default=2, metadata={"minimum": 0})
     eval_every: int = field(default=5, metadata=_POSITIVE)  # steps between held-out evaluations
     patience: int = field(default=2, metadata=_POSITIVE)  # evaluations without improvement before stopping

@@ -264,7 +264,7 @@ def test_plan_of_the_demo_recipe():
     plan = _plan(RECIPES_DIR / "smollm2-135m-instruct.yaml", "./smollm2-135m-pear")
     assert "smollm2-135m" in plan and "float32" in plan
     assert "score all 270 heads on settings 20x50, 40x25, 80x15, 100x10" in plan and "rank them for tuning" in plan
-    assert "K from 5, 10, 20, 40: each trained up to 30 steps of 10 sequences (n=25, Adam lr 0.02)" in plan
+    assert "K from 5, 10, 20, 40: each trained up to 40 steps of 10 sequences (n=25, Adam lr 0.01)" in plan
     assert "-> smollm2-135m-pear" in plan
     fixed = _plan(RECIPES_DIR / "smollm2-135m-instruct.yaml", "./out", tune=None)
     assert "keep the top 10" in fixed and "60 steps of 20 sequences, n=50, AdamW lr 0.005, 2 warm-up steps" in fixed

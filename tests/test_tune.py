@@ -146,3 +146,20 @@ def test_ladder_is_capped_by_the_head_count():
     assert TuneOptions(ladder=(40, 5, 10, 500)).ladder_for(12) == (5, 10, 12)
     with pytest.raises(HeadpatchError, match="ladder"):
         TuneOptions(ladder=())
+
+
+@pytest.mark.slow
+def test_tuning_smollm2_lowers_the_heldout_loss_inside_the_guard(smollm2):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    layout = head_layout(model.config)
+    windows = guard_windows(tokenizer, 1)
+    assert windows.shape == (1, 512) and guard_windows(tokenizer, 99).shape[0] >= 5  # the guard text fills 2,500+ tokens
+    options = TuneOptions(ladder=(2, 4), max_steps=6, eval_every=3, select_samples=16, guard_windows=1)
+    ranked = [(17, 3), (24, 4), (17, 5), (20, 6)]  # SmolLM2's top four located heads
+    result = tune(model, tokenizer, layout, ranked, options, show_progress=False)
+    assert result.chosen is not None and result.chosen.selection.loss < result.base.loss - 0.05
+    for candidate in result.candidates:
+        assert candidate.within_guard
+        again = guard_figures(model, layout, candidate.coefficients, windows)
+        assert (again.perplexity_change, again.kl) == pytest.approx(
+            (candidate.guard.perplexity_change, candidate.guard.kl), abs=1e-6)
