@@ -13,10 +13,10 @@ from headpatch.errors import HeadpatchError
 
 _API = {
     "ExportJob": "headpatch.options", "LocateOptions": "headpatch.options", "TrainOptions": "headpatch.options",
-    "QRHeadOptions": "headpatch.options", "PatchRecord": "headpatch.record",
+    "QRHeadOptions": "headpatch.options", "TuneOptions": "headpatch.options", "PatchRecord": "headpatch.record",
     "head_layout": "headpatch.architectures", "supported_model_types": "headpatch.architectures",
     "load_model": "headpatch.loading", "run_export": "headpatch.pipeline",
-    "locate_heads": "headpatch.pear.locate", "train_coefficients": "headpatch.pear.train",
+    "locate_heads": "headpatch.pear.locate", "train_coefficients": "headpatch.pear.train", "tune": "headpatch.pear.tune",
     "HeadScaling": "headpatch.pear.scaling", "scaled_heads": "headpatch.pear.scaling",
     "fold_model": "headpatch.pear.fold", "save_ia3_adapter": "headpatch.pear.ia3",
     "export_checkpoint": "headpatch.io.export", "stream_export": "headpatch.io.export",

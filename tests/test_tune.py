@@ -153,7 +153,8 @@ def test_tuning_smollm2_lowers_the_heldout_loss_inside_the_guard(smollm2):
     model, tokenizer = smollm2.model, smollm2.tokenizer
     layout = head_layout(model.config)
     windows = guard_windows(tokenizer, 1)
-    assert windows.shape == (1, 512) and guard_windows(tokenizer, 99).shape[0] >= 5  # the guard text fills 2,500+ tokens
+    assert windows.shape == (1, 512)
+    assert guard_windows(tokenizer, 99).shape[0] >= 5  # the guard text is 2,500+ tokens
     options = TuneOptions(ladder=(2, 4), max_steps=6, eval_every=3, select_samples=16, guard_windows=1)
     ranked = [(17, 3), (24, 4), (17, 5), (20, 6)]  # SmolLM2's top four located heads
     result = tune(model, tokenizer, layout, ranked, options, show_progress=False)
