@@ -104,19 +104,30 @@ def guard_windows(tokenizer: Any, windows: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float], windows: torch.Tensor) -> Guard:
-    """Perplexity change and mean KL(base ‖ patched) of the next-token distributions over the guard windows."""
+def base_log_probs(model: Any, windows: torch.Tensor) -> list[torch.Tensor]:
+    """The model's next-token log-probabilities over each guard window, float32: what every guard measurement compares
+    with, computed once per tuning run."""
     device = input_device(model)
+    return [torch.log_softmax(model(input_ids=window.to(device), use_cache=False).logits[:, :-1].float(), -1)
+            for window in windows.split(1)]
+
+
+@torch.no_grad()
+def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float], windows: torch.Tensor,
+                  base: list[torch.Tensor] | None = None) -> Guard:
+    """Perplexity change and mean KL(base ‖ patched) of the next-token distributions over the guard windows; `base`,
+    the model's own log-probabilities from base_log_probs, saves recomputing them."""
+    device = input_device(model)
+    base = base if base is not None else base_log_probs(model, windows)
     base_loss = patched_loss = kl = 0.0
-    for window in windows.split(1):
+    for window, reference in zip(windows.split(1), base):
         ids = window.to(device)
-        base = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
         with scaled_heads(model, layout, coefficients):
             patched = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
         targets = ids[:, 1:, None]
-        base_loss -= base.gather(-1, targets).mean().item()
+        base_loss -= reference.gather(-1, targets).mean().item()
         patched_loss -= patched.gather(-1, targets).mean().item()
-        kl += (base.exp() * (base - patched)).sum(-1).mean().item()
+        kl += (reference.exp() * (reference - patched)).sum(-1).mean().item()
     count = len(windows)
     return Guard(math.exp((patched_loss - base_loss) / count) - 1, kl / count)
 
@@ -133,6 +144,19 @@ def _linear_warmup(optimizer: torch.optim.Optimizer, warmup_steps: int) -> torch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """What every candidate reuses: the vocabulary and prefix of the proxy task, the selection set and the base's
+    figures on it, the guard windows and the base's log-probabilities over them."""
+
+    vocab: torch.Tensor
+    prefix: list[int]
+    select: CopyBatch
+    base: Selection
+    windows: torch.Tensor
+    reference: list[torch.Tensor]
+
+
 @dataclass
 class _Trajectory:
     kept: tuple[int, dict[Head, float], Selection, Guard]  # (step, coefficients, held-out figures, guard figures)
@@ -141,8 +165,8 @@ class _Trajectory:
     losses: list[float]
 
 
-def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneOptions, vocab: torch.Tensor,
-           prefix: list[int], select: CopyBatch, base: Selection, windows: torch.Tensor, bar: Any) -> _Trajectory:
+def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneOptions, shared: _Shared,
+           bar: Any) -> _Trajectory:
     """Adam at a constant rate after warm-up from coefficients of 1. Every `eval_every` steps the coefficients are
     measured on the selection set and the guard text; training stops when they leave the guard (the previous
     measured coefficients are kept), after `patience` measurements without an improvement of `min_improvement`
@@ -152,11 +176,12 @@ def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneO
     scaling = HeadScaling(heads, layout).attach(model)
     optimizer = torch.optim.Adam([scaling.coefficients], lr=options.lr)
     schedule = _linear_warmup(optimizer, options.warmup_steps)
-    kept = (0, scaling.as_dict(), base, Guard(0.0, 0.0))  # coefficients of 1 are the base model
+    kept = (0, scaling.as_dict(), shared.base, Guard(0.0, 0.0))  # coefficients of 1 are the base model
     stale, losses, stopped, step = 0, [], "step budget", 0
     try:
         for step in range(1, options.max_steps + 1):
-            batch = copy_batch(vocab, options.batch_size, options.n, options.seed * 1_000_003 + step, "train", prefix)
+            seed = options.seed * 1_000_003 + step
+            batch = copy_batch(shared.vocab, options.batch_size, options.n, seed, "train", shared.prefix)
             loss = copy_loss(model, batch.input_ids.to(device), batch)
             optimizer.zero_grad()
             loss.backward()
@@ -166,10 +191,10 @@ def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneO
             bar.update(1)
             if step % options.eval_every and step != options.max_steps:
                 continue
-            figures = _selection(model, select)
+            figures = _selection(model, shared.select)
             coefficients = scaling.as_dict()
             scaling.detach()
-            guard = guard_figures(model, layout, coefficients, windows)
+            guard = guard_figures(model, layout, coefficients, shared.windows, shared.reference)
             scaling.attach(model)
             if not guard.within(options):
                 stopped = "damage guard"
@@ -202,11 +227,12 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
     select = copy_batch(vocab, options.select_samples, options.n, options.seed, "select", prefix)
     windows = guard_windows(tokenizer, options.guard_windows)
     base = _selection(model, select)
+    shared = _Shared(vocab, prefix, select, base, windows, base_log_probs(model, windows))
     ladder = options.ladder_for(len(ranked))
     candidates: list[Candidate] = []
     with tqdm(total=len(ladder) * options.max_steps, desc="tuning K", unit="step", disable=not show_progress) as bar:
         for k in ladder:
-            trajectory = _train(model, layout, ranked[:k], options, vocab, prefix, select, base, windows, bar)
+            trajectory = _train(model, layout, ranked[:k], options, shared, bar)
             bar.update(options.max_steps - trajectory.steps_run)
             step, coefficients, selection, guard = trajectory.kept
             candidates.append(Candidate(
