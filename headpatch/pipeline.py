@@ -126,10 +126,7 @@ def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
               show_progress: bool = True) -> PatchRecord:
     """Choose K from the ladder and train the chosen heads to convergence, from a located record's ranking; a model
     where no candidate helps within the damage guard is an error that says so."""
-    from headpatch.pear.proxy import sampleable_ids, special_prefix
-    from headpatch.pear.scaling import scaled_heads
-    from headpatch.pear.train import evaluate_copy
-    from headpatch.pear.tune import GUARD_TEXT, tune
+    from headpatch.pear.tune import GUARD_TEXT, chosen_training_options, tune
 
     layout = head_layout(loaded.model.config)
     record.check_fits(layout)
@@ -158,19 +155,13 @@ def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
     if result.chosen is None:
         raise HeadpatchError(f"{result.reason}; force a patch with --k and --steps")
     chosen = result.chosen
-    fixed = TrainOptions(steps=max(chosen.steps, 1), batch_size=options.batch_size, n=options.n, lr=options.lr,
-                         warmup_steps=options.warmup_steps, seed=options.seed)
-    vocab = sampleable_ids(loaded.model.config.vocab_size, loaded.tokenizer, loaded.model.config)
-    prefix = special_prefix(loaded.tokenizer)
-    before = evaluate_copy(loaded.model, vocab, prefix, fixed)
-    with scaled_heads(loaded.model, layout, chosen.coefficients):
-        after = evaluate_copy(loaded.model, vocab, prefix, fixed)
+    fixed = chosen_training_options(chosen, options)
     training = Training(
         **dataclasses.asdict(fixed), optimizer=TUNED_OPTIMIZER,
         loss="next-token cross-entropy on the copyable second half of proxy sequences", coefficient_dtype="float32",
         seconds=round(result.seconds, 2), train_loss_first=round(chosen.train_losses[0], 6),
         train_loss_last=round(chosen.train_losses[max(chosen.steps, 1) - 1], 6),
-        heldout_before=_figures(before), heldout_after=_figures(after),
+        heldout_before=_figures(result.before), heldout_after=_figures(result.after),
     )
     picked = record.with_top_k(chosen.k)
     coefficients = {format_head(head): round(value, 8) for head, value in chosen.coefficients.items()}

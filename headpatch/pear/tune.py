@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
-from headpatch.options import TuneOptions
+from headpatch.options import TrainOptions, TuneOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, copy_loss, copy_scores, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
+from headpatch.pear.train import Evaluation, evaluate_copy
 from headpatch.runtime import input_device
 from headpatch.stats import mean_interval
 
@@ -92,6 +93,8 @@ class TuneResult:
     reason: str
     guard_windows: int  # windows of the guard text measured
     seconds: float
+    before: Evaluation | None = None  # train.evaluate_copy's held-out figures for the base and the chosen candidate
+    after: Evaluation | None = None
 
 
 def guard_windows(tokenizer: Any, windows: int) -> torch.Tensor:
@@ -241,7 +244,19 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
                 improvement=_interval(selection, base), train_losses=trajectory.losses,
             ))
     chosen, reason = choose(candidates, base, options)
-    return TuneResult(base, candidates, chosen, reason, len(windows), time.perf_counter() - started)
+    result = TuneResult(base, candidates, chosen, reason, len(windows), time.perf_counter() - started)
+    if chosen is not None:
+        check = chosen_training_options(chosen, options)
+        result.before = evaluate_copy(model, vocab, prefix, check)
+        with scaled_heads(model, layout, chosen.coefficients):
+            result.after = evaluate_copy(model, vocab, prefix, check)
+    return result
+
+
+def chosen_training_options(chosen: Candidate, options: TuneOptions) -> TrainOptions:
+    """The fixed training settings that describe the chosen candidate's run."""
+    return TrainOptions(steps=max(chosen.steps, 1), batch_size=options.batch_size, n=options.n, lr=options.lr,
+                        warmup_steps=options.warmup_steps, seed=options.seed)
 
 
 def choose(candidates: Sequence[Candidate], base: Selection, options: TuneOptions) -> tuple[Candidate | None, str]:
