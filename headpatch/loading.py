@@ -165,6 +165,21 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     return Source(name, name, name, revision)
 
 
+def gguf_source(name: str) -> Path:
+    """The GGUF file a `--gguf` export folds into: a .gguf path or a demo alias's file."""
+    alias = DEMO_ALIASES.get(name, name)
+    if alias in DEMO_MODELS:
+        return demo_gguf_path(alias)
+    path = Path(name).expanduser()
+    if not name.endswith(".gguf"):
+        raise HeadpatchError(f"--gguf folds the patch into a GGUF source (a .gguf file or a demo alias); {name!r} is "
+                             "not one: export it as a transformers folder and convert that with llama.cpp's "
+                             "convert_hf_to_gguf.py (see the README)")
+    if not path.is_file():
+        raise HeadpatchError(f"GGUF file {name} does not exist")
+    return path.resolve()
+
+
 def torch_dtype(name: str) -> Any:
     """Map a dtype option to what `from_pretrained` takes."""
     if name not in DTYPES:

@@ -134,6 +134,7 @@ class ExportOptions:
     push_revision: str | None = field(default=None, metadata=_NOT_IN_FILE)
     commit_message: str | None = field(default=None, metadata=_NOT_IN_FILE)
     eval: str | None = field(default=None, metadata={**_NOT_IN_FILE, **choices(EVAL_SETTINGS)})
+    gguf: bool = False  # fold into the source GGUF and write a GGUF, not a transformers folder
 
     def __post_init__(self) -> None:
         if self.eval not in (None, *EVAL_SETTINGS):
@@ -179,7 +180,7 @@ EXPORT_FLAGS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "output": (("export", "output"),), "overwrite": (("export", "overwrite"),),
     "push_to_hub": (("export", "push_to_hub"),), "private": (("export", "private"),),
     "push_revision": (("export", "push_revision"),), "commit_message": (("export", "commit_message"),),
-    "eval": (("export", "eval"),),
+    "eval": (("export", "eval"),), "gguf": (("export", "gguf"),),
 }
 
 

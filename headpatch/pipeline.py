@@ -270,6 +270,14 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, conte
     return out
 
 
+def _fold_gguf(job: ExportJob, gguf: Path, record: PatchRecord, show: bool, say: Say, context: CardContext) -> Path:
+    """Fold the record into the source GGUF; returns the patched file (its folder is the export)."""
+    from headpatch.io.gguf_export import gguf_export
+
+    return gguf_export(gguf, record, job.export.output, job.export.overwrite, show_progress=show,
+                       warn=lambda message: say(message, err=True), context=context)
+
+
 def _computed_record(job: ExportJob, loaded: LoadedModel, record: PatchRecord | None, qr_examples: Any,
                      show: bool) -> PatchRecord:
     """Locate (or take the given heads), train, and detect QR heads, as the job asks."""
@@ -293,7 +301,7 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
     from headpatch.io.card import CardContext
     from headpatch.io.files import read_record
     from headpatch.io.hub import PushOptions, cached_checkpoint_dir, push_folder
-    from headpatch.loading import load_model
+    from headpatch.loading import gguf_source, load_model
     from headpatch.qrhead.detect import detection_examples
 
     if job.model is None:
@@ -306,35 +314,40 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
         check_ia3_dir(job.ia3, job.export.overwrite, None, job.export.output)
     push = job.export.push_to_hub
     context = CardContext(repo_id=push, command=command)
+    gguf = gguf_source(job.model) if job.export.gguf else None  # before any model work, like the checks below
     record = read_record(job.patch) if job.patch is not None else None
     qr_examples = None  # read before any model work, so bad data fails fast
     if job.qrhead.data is not None:
         data = None if job.qrhead.data == "builtin" else Path(job.qrhead.data)
         qr_examples = detection_examples(data, None, seed=job.seed)
     if record is not None and qr_examples is None:
-        out = _fold_patch(job, record, show, say, context)
+        model = _fold_gguf(job, gguf, record, show, say, context) if gguf is not None else \
+            _fold_patch(job, record, show, say, context)
     else:
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
         _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job,
                   cached_checkpoint_dir(loaded.source), say)
-        out = export_step(loaded, record, job.export.output, job.export.overwrite, show, say, context)
-    say(f"exported {len(record.coefficients())} patched heads -> {out}")
+        model = _fold_gguf(job, gguf, record, show, say, context) if gguf is not None else \
+            export_step(loaded, record, job.export.output, job.export.overwrite, show, say, context)
+    out = model.parent if gguf is not None else model
+    say(f"exported {len(record.coefficients())} patched heads -> {model}")
     if job.export.eval is not None:
-        _evaluate_export(out, job, show, say)
+        _evaluate_export(out, model, job, show, say)
     if push:
         options = PushOptions(push, job.export.private, job.export.push_revision, job.export.commit_message)
         say(f"pushed {out} to {push}: {push_folder(out, options)}")
     return ExportOutcome(out, record)
 
 
-def _evaluate_export(out: Path, job: ExportJob, show: bool, say: Say) -> None:
-    """Evaluate the export against its source; the report goes into OUT/eval/ and its table into the model card."""
+def _evaluate_export(out: Path, model: Path, job: ExportJob, show: bool, say: Say) -> None:
+    """Evaluate the exported `model` (the folder, or the GGUF file in it) against its source; the report goes into
+    OUT/eval/ and its table into the model card."""
     from headpatch.evaluation import run_eval, write_report
 
     if job.revision is not None:
         say("--eval compares with the source at its default revision", err=True)
-    results = run_eval(str(out), job.model, quick=job.export.eval == "quick", seed=job.seed, dtype=job.dtype,
+    results = run_eval(str(model), job.model, quick=job.export.eval == "quick", seed=job.seed, dtype=job.dtype,
                        device=job.device, show_progress=show)
     report = write_report(results, out / "eval")
     add_evaluation_to_card(out, results, "eval/report.md")

@@ -68,7 +68,10 @@ def _steps(recipe: Recipe, job: ExportJob) -> tuple[list[str], set[str]]:
         steps.append(("qrhead", f"detect the top {k} QR heads on {source}"))
         costs.add("detect")
     output = job.export.output or "(the -o directory)"
-    steps.append(("export", f"fold into the checkpoint's own dtype, shard by shard -> {output}"))
+    if job.export.gguf:
+        steps.append(("export", f"fold into the source GGUF's attn_output blocks -> {output}/<name>-pear.gguf"))
+    else:
+        steps.append(("export", f"fold into the checkpoint's own dtype, shard by shard -> {output}"))
     if job.export.push_to_hub:
         visibility = "private" if job.export.private else "public"
         steps.append(("push", f"to the Hub repo {job.export.push_to_hub} ({visibility})"))

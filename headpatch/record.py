@@ -275,9 +275,13 @@ class PatchRecord:
 
     def check_fits(self, layout: HeadLayout) -> None:
         """Raise if the record was made for a model with another head geometry."""
-        if self.architecture != Architecture.of(layout):
+        self.check_architecture(Architecture.of(layout))
+
+    def check_architecture(self, architecture: Architecture) -> None:
+        """Raise if the record was made for another head geometry than `architecture`."""
+        if self.architecture != architecture:
             raise HeadpatchError(f"the patch was made for another model: {to_plain(self.architecture)} does not "
-                                 f"match {to_plain(Architecture.of(layout))}")
+                                 f"match {to_plain(architecture)}")
 
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")

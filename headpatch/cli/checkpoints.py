@@ -47,19 +47,31 @@ def inspect(
 
 
 def verify(
-    checkpoint: Annotated[Path, typer.Argument(help="exported checkpoint directory.", show_default=False)],
-    base: Annotated[str, typer.Option(help="the source checkpoint: directory, Hub id or demo alias.",
+    checkpoint: Annotated[Path, typer.Argument(help="exported checkpoint directory, or patched .gguf file.",
+                                               show_default=False)],
+    base: Annotated[str, typer.Option(help="the source: directory, Hub id, .gguf file or demo alias.",
                                       show_default=False)],
     revision: flags.Revision = None, quiet: flags.Quiet = False,
 ) -> None:
-    """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors.
+    """Check tensor by tensor that only the recorded head columns changed, by exactly the recorded factors (for a
+    GGUF: every key but the export's own, and every block's integers, unchanged; each patched tensor's deviation from
+    base × coefficient printed).
 
     Exit code 0: only the recorded patch differs; 1: unexpected differences (listed); 2: the inputs cannot be read."""
-    from headpatch.io.hub import checkpoint_dir
-    from headpatch.io.verify import verify_export
-    from headpatch.loading import resolve_source
+    show = progress_enabled(quiet)
+    if checkpoint.suffix.lower() == ".gguf":
+        from headpatch.io.gguf_verify import verify_gguf
+        from headpatch.loading import gguf_source
 
-    result = verify_export(checkpoint, checkpoint_dir(resolve_source(base, revision)), progress_enabled(quiet))
+        result = verify_gguf(checkpoint, gguf_source(base), show)
+    else:
+        from headpatch.io.hub import checkpoint_dir
+        from headpatch.io.verify import verify_export
+        from headpatch.loading import resolve_source
+
+        result = verify_export(checkpoint, checkpoint_dir(resolve_source(base, revision)), show)
+    for note in result.notes:
+        typer.echo(printable(note))
     for problem in result.problems:
         typer.echo(printable(f"UNEXPECTED {problem}"))  # tensor names come from the files
     typer.echo(f"{result.tensors} tensors compared, {len(result.patched)} patched as recorded, "

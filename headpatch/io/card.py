@@ -63,11 +63,15 @@ def read_base_card(source: Path) -> BaseCard:
     card = source / "README.md"
     if not card.is_file():
         return BaseCard(problem=f"{source.name} has no README.md")
-    text = card.read_text(encoding="utf-8", errors="replace")
+    return parse_base_card(card.read_text(encoding="utf-8", errors="replace"), str(card))
+
+
+def parse_base_card(text: str, where: str) -> BaseCard:
+    """The license, language and pipeline tag of a card's front matter (`where` names it in YAML errors)."""
     if not text.startswith("---"):
         return BaseCard(problem="its README.md has no front matter")
     try:  # the strict loader: a stranger's front matter may hold an alias bomb
-        front = parse_yaml(text.split("---", 2)[1], str(card)) if text.count("---") >= 2 else None
+        front = parse_yaml(text.split("---", 2)[1], where) if text.count("---") >= 2 else None
     except HeadpatchError:
         front = None
     if not isinstance(front, dict):
@@ -187,44 +191,90 @@ def _provenance_section(command: str | None) -> list[str]:
     return ["## Reproduce", "", f"Made by {made} with {versions}.", ""]
 
 
-def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint", base: BaseCard = BaseCard(),
-                command: str | None = None) -> str:
-    """The README.md of an exported checkpoint, keeping the base card's license, language and pipeline tag; its last
-    section names the command (as public_command gives it) and the library versions that made it."""
-    qr_tags = ["qrhead", "retrieval-heads", "reranker"] if record.qrhead is not None else []
-    data = ModelCardData(
-        base_model=record.base_model,
-        base_model_relation="finetune",
-        library_name="transformers",
-        license=base.license,
-        license_name=base.license_name,
-        license_link=base.license_link,
-        language=list(base.language) or None,
-        pipeline_tag=base.pipeline_tag or "text-generation",
-        tags=["headpatch", "pear", *qr_tags],
-    )
-    pear = record.pear
-    body = [
-        f"# {record.base_model or record.source} with PEAR head re-weighting",
-        "",
-        f"Made with headpatch {record.headpatch_version} from `{record.source}`. An ordinary transformers "
-        "checkpoint: no custom code, no peft, no headpatch needed to use it.",
-        "",
-        *_pear_section(pear),
-        "",
-        "## How to load it",
-        "",
+def _transformers_loading(repo_hint: str) -> list[str]:
+    return [
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         f'model = AutoModelForCausalLM.from_pretrained("{repo_hint}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{repo_hint}")',
         "print(model.config.headpatch)  # how this checkpoint was made",
         "```",
+    ]
+
+
+def _gguf_loading(repo_hint: str, gguf: GGUFCard) -> list[str]:
+    model = Path(gguf.file).stem
+    return [
+        f"`{gguf.file}` is the source GGUF with only its `attn_output` tensors changed; every other tensor, the "
+        f"tokenizer and the chat template are the source's, byte for byte. {gguf.fold_summary}",
+        "",
+        "llama.cpp:",
+        "",
+        "```sh",
+        f"llama-cli -m {gguf.file} -p \"Hello\"",
+        "```",
+        "",
+        f"Ollama: a `Modelfile` beside the file holding the line `FROM ./{gguf.file}`, then",
+        "",
+        "```sh",
+        f"ollama create {model} -f Modelfile && ollama run {model}",
+        "```",
+        "",
+        "transformers (de-quantizes to float32):",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        f'model = AutoModelForCausalLM.from_pretrained("{repo_hint}", gguf_file="{gguf.file}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_hint}", gguf_file="{gguf.file}")',
+        "```",
+    ]
+
+
+@dataclass(frozen=True)
+class GGUFCard:
+    """What a GGUF export's card says about its file: the name, and how its tensors took the patch."""
+
+    file: str
+    fold_summary: str
+
+
+def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint", base: BaseCard = BaseCard(),
+                command: str | None = None, gguf: GGUFCard | None = None) -> str:
+    """The README.md of an exported checkpoint (a transformers folder, or a GGUF file when `gguf` is given), keeping
+    the base card's license, language and pipeline tag; its last section names the command (as public_command gives
+    it) and the library versions that made it."""
+    qr_tags = ["qrhead", "retrieval-heads", "reranker"] if record.qrhead is not None else []
+    data = ModelCardData(
+        base_model=record.base_model,
+        base_model_relation="finetune",
+        library_name="transformers" if gguf is None else "gguf",
+        license=base.license,
+        license_name=base.license_name,
+        license_link=base.license_link,
+        language=list(base.language) or None,
+        pipeline_tag=base.pipeline_tag or "text-generation",
+        tags=["headpatch", "pear", *qr_tags, *(["gguf"] if gguf is not None else [])],
+    )
+    pear = record.pear
+    body = [
+        f"# {record.base_model or record.source} with PEAR head re-weighting",
+        "",
+        f"Made with headpatch {record.headpatch_version} from `{record.source}`. An ordinary "
+        f"{'transformers checkpoint' if gguf is None else 'GGUF file'}: no custom code, no peft, no headpatch needed "
+        "to use it.",
+        "",
+        *_pear_section(pear),
+        "",
+        "## How to load it",
+        "",
+        *(_transformers_loading(repo_hint) if gguf is None else _gguf_loading(repo_hint, gguf)),
         "",
         *_figures_section(pear),
         "",
         *_qrhead_section(record.qrhead, repo_hint),
-        "The full record (heads, coefficients, settings, results) is in `config.json` under the key `headpatch`.",
+        "The full record (heads, coefficients, settings, results) is in "
+        f"{'`config.json` under the key `headpatch`' if gguf is None else 'the GGUF key `headpatch.record`'} and in "
+        "`headpatch.json`.",
         "",
         *_provenance_section(command),
     ]

@@ -26,6 +26,7 @@ class Verification:
     tensors: int = 0
     patched: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how each patched tensor took the patch, where that varies
 
     @property
     def ok(self) -> bool:
