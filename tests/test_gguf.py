@@ -248,3 +248,11 @@ def test_export_and_verify_from_the_command_line(tmp_path):
     result = invoke("export", str(tmp_path), "--patch", str(patch), "-o", str(tmp_path / "o2"), "--gguf")
     assert result.exit_code == 2 and "convert_hf_to_gguf.py" in result.output
     assert not (tmp_path / "o2").exists()
+
+
+def test_an_output_holding_the_source_is_refused(tmp_path):
+    source = write_tiny_gguf(tmp_path / "tiny.gguf")
+    before = _digest(source)
+    with pytest.raises(HeadpatchError, match="overlaps the source"):
+        gguf_export(source, gguf_record(COEFFICIENTS), tmp_path, overwrite=True, show_progress=False)
+    assert _digest(source) == before

@@ -140,3 +140,26 @@ def test_llama_cpp_runs_the_patched_gguf_as_transformers_does(exported, logits):
     assert _rms(cpp["patched"] - found["patched"]) < 0.25 * _rms(effect_hf)
     # no worse than llama.cpp's own difference from transformers on the unpatched file, within its noise
     assert _rms(cpp["patched"] - found["patched"]) < 2 * _rms(cpp["base"] - found["base"]) + 0.1
+
+
+def test_a_record_made_on_the_loaded_demo_fits_its_gguf(smollm2):
+    """What `headpatch export smollm2-135m -o OUT --gguf` relies on: the geometry transformers gives the model it
+    loads from the GGUF is the geometry the GGUF's own metadata declares."""
+    from headpatch.io.gguf_export import gguf_architecture
+    from headpatch.loading import demo_gguf_path
+    from headpatch.record import Architecture
+
+    with open_gguf(demo_gguf_path("smollm2-135m")) as (gguf, _):
+        assert gguf_architecture(gguf) == Architecture.of(head_layout(smollm2.model.config))
+
+
+def test_a_record_made_on_gemma_fits_its_gguf():
+    from transformers import AutoConfig
+
+    from headpatch.io.gguf_export import gguf_architecture
+    from headpatch.record import Architecture
+
+    source = _source("gemma3")
+    with open_gguf(source) as (gguf, _):
+        found = gguf_architecture(gguf)
+    assert found == Architecture.of(head_layout(AutoConfig.from_pretrained(source.parent, gguf_file=source.name)))
