@@ -48,7 +48,7 @@ def bm25_scores(example: Example) -> list[float]:
     """BM25 score of each candidate document (title and text) for the example's question."""
     import bm25s
 
-    corpus = [f"{doc.title}\n{doc.text}" for doc in example.documents]
+    corpus = [f"{doc.title or ''}\n{doc.text}" for doc in example.documents]
     index = bm25s.BM25()
     index.index(bm25s.tokenize(corpus, return_ids=False, show_progress=False), show_progress=False)
     query = bm25s.tokenize([example.question], return_ids=False, show_progress=False)[0]

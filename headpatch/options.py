@@ -32,6 +32,8 @@ BUILTIN_DATA = "builtin"
 BUILTIN_EXAMPLES = 64  # built-in QRHead detection set: examples
 BUILTIN_DOCS = 10  # and passages per example
 LARGE_MODEL_PARAMETERS = 10_000_000_000  # QRHead keeps 16 heads below this size, 32 above
+CHAT_TEMPLATE = "chat-template"
+PROMPT_LAYOUT_NAMES = (CHAT_TEMPLATE, "qrhead-llama3", "qrhead-qwen2.5")  # headpatch.qrhead.prompt.PROMPT_LAYOUTS
 
 _POSITIVE = {"minimum": 1}
 _NOT_IN_FILE = {"in_file": False}
@@ -115,6 +117,12 @@ class QRHeadOptions:
 
     data: str | None = None
     k: int | None = field(default=None, metadata=_POSITIVE)  # None: the paper's rule, see `resolved_k`
+    # the prompt frame: the tokenizer's chat template, or the public implementation's Llama-3 / Qwen-2.5 strings
+    layout: str = field(default=CHAT_TEMPLATE, metadata=choices(PROMPT_LAYOUT_NAMES))
+
+    def __post_init__(self) -> None:
+        if self.layout not in PROMPT_LAYOUT_NAMES:
+            raise HeadpatchError(f"unknown prompt layout {self.layout!r}; available: {', '.join(PROMPT_LAYOUT_NAMES)}")
 
     def resolved_k(self, parameters: int, total_heads: int) -> int:
         """K as given, or the paper's: 16 heads below 10B parameters, 32 above, never more than the model has."""
@@ -176,7 +184,7 @@ EXPORT_FLAGS: dict[str, tuple[tuple[str | None, str], ...]] = {
     "steps": (("train", "steps"),), "batch_size": (("train", "batch_size"),), "n": (("train", "n"),),
     "lr": (("train", "lr"),), "warmup_steps": (("train", "warmup_steps"),),
     "ladder": (("tune", "ladder"),),
-    "qrhead_data": (("qrhead", "data"),), "qrhead_k": (("qrhead", "k"),),
+    "qrhead_data": (("qrhead", "data"),), "qrhead_k": (("qrhead", "k"),), "qrhead_layout": (("qrhead", "layout"),),
     "output": (("export", "output"),), "overwrite": (("export", "overwrite"),),
     "push_to_hub": (("export", "push_to_hub"),), "private": (("export", "private"),),
     "push_revision": (("export", "push_revision"),), "commit_message": (("export", "commit_message"),),

@@ -180,20 +180,20 @@ def qr_k(loaded: LoadedModel, k: int | None) -> int:
 
 def qrhead_step(
     loaded: LoadedModel, record: PatchRecord | None, examples: Sequence[Any], data_name: str, k: int,
-    show_progress: bool = True,
+    show_progress: bool = True, layout: str = "chat-template",
 ) -> PatchRecord:
     """Detect QR heads on the model as it will be shipped (its PEAR coefficients applied) and add them (to a new
     record when `record` is None)."""
     from headpatch.pear.scaling import scaled_heads
     from headpatch.qrhead.detect import detect_heads
     from headpatch.qrhead.metadata import qrhead_part
-    from headpatch.qrhead.prompt import uses_chat_template
+    from headpatch.qrhead.prompt import prompt_layout, uses_chat_template
 
-    layout = head_layout(loaded.model.config)
+    frame = prompt_layout(layout)
     coefficients = record.coefficients() if record is not None and record.trained else {}
-    with scaled_heads(loaded.model, layout, coefficients):
-        result = detect_heads(loaded.model, loaded.tokenizer, examples, show_progress)
-    part = qrhead_part(result, k, data_name, uses_chat_template(loaded.tokenizer))
+    with scaled_heads(loaded.model, head_layout(loaded.model.config), coefficients):
+        result = detect_heads(loaded.model, loaded.tokenizer, examples, show_progress, frame)
+    part = qrhead_part(result, k, data_name, uses_chat_template(loaded.tokenizer), frame)
     return record_for(loaded, qrhead=part) if record is None else dataclasses.replace(record, qrhead=part)
 
 
@@ -290,7 +290,7 @@ def _computed_record(job: ExportJob, loaded: LoadedModel, record: PatchRecord | 
         else:
             record = train_step(loaded, locate_step(loaded, job.locate, show_progress=show), job.train, show)
     if qr_examples is not None:
-        record = qrhead_step(loaded, record, *qr_examples, k, show_progress=show)
+        record = qrhead_step(loaded, record, *qr_examples, k, show_progress=show, layout=job.qrhead.layout)
     return record
 
 

@@ -184,3 +184,19 @@ def test_smollm2_ranks_the_planted_passage_first(smollm2):
     print(f"SmolLM2 recall@1 of its top-16 QR heads on {len(held_out)} held-out built-in examples: {hits}")
     # chance is 2 of 8; seen: 7 (three random 16-head sets: 3, 5, 5)
     assert hits >= 6
+
+
+def test_from_pretrained_frames_prompts_as_at_detection(tiny_lm, tmp_path):
+    """A record without a layout (written before layouts existed) means the chat template; one naming the public
+    implementation's Qwen-2.5 frame is scored on that frame unless the caller overrides it."""
+    heads = ["2-1", "0-3"]
+    metadata = exported_metadata(heads)
+    assert "layout" not in metadata["qrhead"]["detection"]["prompt_layout"]
+    assert QRRetriever.from_pretrained(_checkpoint(tiny_lm, tmp_path / "old", metadata)).layout.name == "chat-template"
+    metadata["qrhead"]["detection"]["prompt_layout"]["layout"] = "qrhead-qwen2.5"
+    framed = QRRetriever.from_pretrained(_checkpoint(tiny_lm, tmp_path / "framed", metadata))
+    assert framed.layout.name == "qrhead-qwen2.5"
+    assert framed.score("q", DOCS) == QRRetriever(*tiny_lm, heads, layout="qrhead-qwen2.5").score("q", DOCS)
+    assert framed.score("q", DOCS) != QRRetriever(*tiny_lm, heads).score("q", DOCS)
+    overridden = QRRetriever.from_pretrained(tmp_path / "framed", layout="chat-template")
+    assert overridden.score("q", DOCS) == QRRetriever(*tiny_lm, heads).score("q", DOCS)

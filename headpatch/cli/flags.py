@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from headpatch.options import DTYPE_NAMES, LocateOptions, TrainOptions, TuneOptions
+from headpatch.options import CHAT_TEMPLATE, DTYPE_NAMES, PROMPT_LAYOUT_NAMES, LocateOptions, TrainOptions, TuneOptions
 
 LOCATE = LocateOptions()
 TRAIN = TrainOptions()
@@ -22,6 +22,10 @@ Device = Annotated[str, typer.Option(
     "--device", "--device-map", help="torch device, or 'auto' for accelerate's placement across GPUs and CPU memory.")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 Seed = Annotated[int, typer.Option(help="seed of the proxy sequences (and of the built-in QRHead set).")]
+PromptLayout = Annotated[str, typer.Option(
+    "--prompt-layout", help=f"QRHead prompt frame: {', '.join(PROMPT_LAYOUT_NAMES)} (the public implementation's "
+                            "hard-coded strings, to score its published head lists on the prompt they were detected "
+                            "on).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
 Overwrite = Annotated[bool, typer.Option(help="replace the output of an earlier run of the same command.")]
 

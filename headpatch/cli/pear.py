@@ -145,6 +145,8 @@ def export(
         help="also detect QR heads: labelled QRHead JSON/JSONL, or 'builtin' for the built-in set.")] = None,
     qrhead_k: Annotated[Optional[int], typer.Option(
         help="QR heads to keep; default 16 (32 for models of 10B+).")] = None,
+    qrhead_layout: Annotated[str, typer.Option(
+        help="QR head detection prompt frame: chat-template, qrhead-llama3 or qrhead-qwen2.5.")] = "chat-template",
     push_to_hub: Annotated[Optional[str], typer.Option(
         help="after exporting, push the checkpoint to this Hub repo (e.g. me/llama-pear).")] = None,
     private: flags.Private = False,

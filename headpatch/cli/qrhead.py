@@ -27,6 +27,7 @@ def detect(
     docs_per_example: int = typer.Option(BUILTIN_DOCS, help="passages per built-in example."),
     seed: flags.Seed = 0,
     yaml_out: Optional[Path] = typer.Option(None, "--yaml", help="also write the heads as a public QRHead YAML file."),
+    prompt_layout: flags.PromptLayout = flags.CHAT_TEMPLATE,
     dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
     quiet: flags.Quiet = False,
 ) -> None:
@@ -37,11 +38,14 @@ def detect(
     from headpatch.qrhead.detect import detection_examples
     from headpatch.qrhead.yamlio import write_yaml
 
+    from headpatch.qrhead.prompt import prompt_layout as layout_named
+
     show = progress_enabled(quiet)
+    layout_named(prompt_layout)  # an unknown name fails before any model work
     chosen, name = detection_examples(data, examples, docs_per_example, seed)
     loaded = load_model(model, dtype, device, revision)
     k = qr_k(loaded, k)  # before the detection run, not after it
-    record = qrhead_step(loaded, None, chosen, name, k, show_progress=show)
+    record = qrhead_step(loaded, None, chosen, name, k, show_progress=show, layout=prompt_layout)
     write_record(record, output)
     if yaml_out is not None:
         write_yaml(yaml_out, record.qrhead.head_ids(), loaded.source.reference)
@@ -72,6 +76,9 @@ def rerank(
     docs: Path = typer.Option(..., help="passages, JSONL: a string or {\"text\", \"title\"?, \"id\"?} per line."),
     top_k: int = typer.Option(5, "--top-k", help="how many passages to print."),
     truncate: bool = typer.Option(False, help="cut passages to fit the model's context instead of failing."),
+    prompt_layout: Optional[str] = typer.Option(
+        None, "--prompt-layout", help="prompt frame (chat-template, qrhead-llama3, qrhead-qwen2.5); default: the one "
+                                      "the checkpoint's QR heads were detected with."),
     dtype: flags.Dtype = "float32", device: flags.Device = "cpu", quiet: flags.Quiet = False,
 ) -> None:
     """Rank passages for a query with the checkpoint's own QR heads; prints rank, index, score and passage."""
@@ -79,8 +86,8 @@ def rerank(
 
     progress_enabled(quiet)
     documents = as_documents(_read_docs(docs))
-    retriever = QRRetriever.from_pretrained(checkpoint, dtype, device, truncate)
+    retriever = QRRetriever.from_pretrained(checkpoint, dtype, device, truncate, prompt_layout)
     for rank, (index, score) in enumerate(retriever.rerank(query, documents, top_k), 1):
         doc = documents[index]
-        preview = " ".join(f"{doc.title} {doc.text}".split())[:80]
+        preview = " ".join(f"{doc.title or ''} {doc.text}".split())[:80]
         typer.echo(f"{rank}\t{index}\t{score:.6f}\t{preview}")

@@ -12,10 +12,11 @@ from headpatch.errors import HeadpatchError
 
 @dataclass(frozen=True)
 class Document:
-    """One candidate passage; `title` may be empty."""
+    """One candidate passage; `title` is None when the passage has none (kept apart from an empty one, which the
+    public implementation's prompt still shows)."""
 
     idx: str
-    title: str
+    title: str | None
     text: str
 
 
@@ -53,8 +54,8 @@ def example_from_record(record: Any, where: str) -> Example:
     for paragraph in paragraphs:
         if not isinstance(paragraph, dict) or "idx" not in paragraph:
             raise HeadpatchError(f"{where}: every paragraph needs an 'idx' and a 'paragraph_text'")
-        title = paragraph.get("title") or ""
-        if not isinstance(title, str):
+        title = paragraph.get("title")
+        if title is not None and not isinstance(title, str):
             raise HeadpatchError(f"{where}: paragraph {paragraph['idx']!r} has a non-string title")
         # ids are compared as strings: public files mix 0 and "0" between paragraphs and gt_docs
         documents.append(Document(str(paragraph["idx"]), title, _text(paragraph, "paragraph_text", where)))

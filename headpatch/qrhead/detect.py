@@ -16,7 +16,7 @@ from headpatch.heads import Head, ranked_heads
 from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES, QRHeadOptions
 from headpatch.qrhead.builtin import builtin_examples
 from headpatch.qrhead.data import Example, read_examples
-from headpatch.qrhead.prompt import prompt_pair
+from headpatch.qrhead.prompt import DEFAULT_LAYOUT, PromptLayout, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, masked_document_sums
 from headpatch.runtime import check_context
 
@@ -46,17 +46,20 @@ def all_heads(model: Any) -> list[Head]:
     return [(layer, head) for layer in range(layout.num_layers) for head in range(layout.num_heads)]
 
 
-def document_head_scores(model: Any, tokenizer: Any, example: Example, heads: Sequence[Head]) -> torch.Tensor:
+def document_head_scores(model: Any, tokenizer: Any, example: Example, heads: Sequence[Head],
+                         layout: PromptLayout = DEFAULT_LAYOUT) -> torch.Tensor:
     """Calibrated, outlier-masked score of each document under each head separately: [heads, documents]."""
-    prompt, null = prompt_pair(tokenizer, example.question, example.documents)
+    prompt, null = prompt_pair(tokenizer, example.question, example.documents, layout)
     check_context(model.config, max(len(prompt.input_ids), len(null.input_ids)), f"example {example.idx!r}")
     return masked_document_sums(calibrated_token_scores(model, prompt, null, heads), prompt.doc_spans)
 
 
 def detect_heads(
-    model: Any, tokenizer: Any, examples: Sequence[Example], show_progress: bool = False
+    model: Any, tokenizer: Any, examples: Sequence[Example], show_progress: bool = False,
+    layout: PromptLayout = DEFAULT_LAYOUT,
 ) -> DetectionResult:
-    """Score every head of `model` on labelled examples (an example without gold documents scores 0, as upstream)."""
+    """Score every head of `model` on labelled examples framed by `layout` (an example without gold documents scores
+    0, as upstream)."""
     if not examples:
         raise HeadpatchError("no detection examples")
     if tokenizer is None:
@@ -66,7 +69,7 @@ def detect_heads(
     began = time.perf_counter()
     total = torch.zeros(len(heads))
     for example in tqdm(examples, desc="QRHead detection", unit="example", disable=not show_progress):
-        per_document = document_head_scores(model, tokenizer, example, heads)
+        per_document = document_head_scores(model, tokenizer, example, heads, layout)
         total += per_document[:, example.gold_positions()].sum(dim=-1).cpu()
     scores = (total / len(examples)).view(layout.num_layers, layout.num_heads)
     return DetectionResult(scores, len(examples), time.perf_counter() - began)

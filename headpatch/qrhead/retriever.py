@@ -14,7 +14,7 @@ from headpatch.heads import Head, check_heads, parse_head, parse_heads
 from headpatch.loading import LoadedModel, load_model
 from headpatch.qrhead.data import Document
 from headpatch.qrhead.detect import all_heads
-from headpatch.qrhead.prompt import Prompt, document_text, prompt_pair
+from headpatch.qrhead.prompt import CHAT_TEMPLATE, Prompt, document_text, prompt_layout, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores_batch, head_set_scores
 from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
 from headpatch.record import PatchRecord
@@ -31,12 +31,14 @@ def as_documents(docs: Sequence[DocInput]) -> list[Document]:
         if isinstance(doc, Document):
             documents.append(doc)
         elif isinstance(doc, str):
-            documents.append(Document(str(i), "", doc))
+            documents.append(Document(str(i), None, doc))
         elif isinstance(doc, Mapping):
             text = doc.get("paragraph_text", doc.get("text"))
             if not isinstance(text, str):
                 raise HeadpatchError(f"document {i} has no 'text' or 'paragraph_text' string")
-            documents.append(Document(str(doc.get("idx", doc.get("id", i))), str(doc.get("title") or ""), text))
+            title = doc.get("title")
+            documents.append(Document(str(doc.get("idx", doc.get("id", i))), None if title is None else str(title),
+                                      text))
         else:
             raise HeadpatchError(f"document {i} is neither a string nor a mapping: {type(doc).__name__}")
     return documents
@@ -64,22 +66,31 @@ def shipped_qr_heads(config: Any) -> tuple[str, ...]:
     return record.qrhead.heads if record.qrhead is not None else ()
 
 
+def shipped_layout(config: Any) -> str:
+    """The prompt layout the shipped QR heads were detected with (records before layouts existed: the chat
+    template)."""
+    record = PatchRecord.from_json(config.headpatch, "the headpatch metadata in config.json")
+    return record.qrhead.detection.prompt_layout.get("layout", CHAT_TEMPLATE)
+
+
 class QRRetriever:
     """Scores documents for a query by the calibrated attention of selected heads (QRHead; all heads = ICR)."""
 
     def __init__(self, model: Any, tokenizer: Any, heads: str | Sequence[str | Head] | None,
-                 truncate: bool = False) -> None:
+                 truncate: bool = False, layout: str = CHAT_TEMPLATE) -> None:
         if tokenizer is None:
             raise HeadpatchError("the retriever needs the model's tokenizer")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.heads = _resolve_heads(model, heads)
         self.truncate = truncate
+        self.layout = prompt_layout(layout)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str = "float32", device: str = "cpu",
-                        truncate: bool = False) -> QRRetriever:
-        """Load a checkpoint whose config.json holds `headpatch.qrhead.heads` (written by `headpatch export`)."""
+                        truncate: bool = False, layout: str | None = None) -> QRRetriever:
+        """Load a checkpoint whose config.json holds `headpatch.qrhead.heads` (written by `headpatch export`); its
+        prompts are framed as at detection unless `layout` says otherwise."""
         loaded = load_model(str(path), dtype, device)
         heads = shipped_qr_heads(loaded.model.config)
         if not heads:
@@ -87,19 +98,20 @@ class QRRetriever:
                 f"{path} has no QR heads in config.json (headpatch.qrhead.heads); run `headpatch qrhead detect` "
                 "and export with --qrhead-data, or use QRRetriever.from_yaml / explicit heads"
             )
-        return cls(loaded.model, loaded.tokenizer, heads, truncate)
+        return cls(loaded.model, loaded.tokenizer, heads, truncate, layout or shipped_layout(loaded.model.config))
 
     @classmethod
     def from_yaml(cls, path: str | Path, model: LoadedModel | str | None = None, dtype: str = "float32",
-                  device: str = "cpu", truncate: bool = False) -> QRRetriever:
-        """Use a public QRHead YAML head set, on `model` (loaded or a name) or on its `model_name_or_path`."""
+                  device: str = "cpu", truncate: bool = False, layout: str = CHAT_TEMPLATE) -> QRRetriever:
+        """Use a public QRHead YAML head set, on `model` (loaded or a name) or on its `model_name_or_path`; pass
+        `layout="qrhead-llama3"` or `"qrhead-qwen2.5"` to score on the prompt the public lists were detected on."""
         head_set = read_yaml(path)
         if model is None:
             if head_set.model_name_or_path is None:
                 raise HeadpatchError(f"{path} names no model_name_or_path; pass the model explicitly")
             model = head_set.model_name_or_path
         loaded = load_model(model, dtype, device) if isinstance(model, str) else model
-        return cls(loaded.model, loaded.tokenizer, head_set.heads, truncate)
+        return cls(loaded.model, loaded.tokenizer, head_set.heads, truncate, layout)
 
     def _truncated(self, documents: list[Document], prompt: Prompt, limit: int, needed: int) -> list[Document]:
         """Documents cut to equal token allowances so that the prompt fits `limit`."""
@@ -108,7 +120,8 @@ class QRRetriever:
         allowance = (limit - overhead) // len(documents) - _TRUNCATION_SLACK
         cut = []
         for i, doc in enumerate(documents):
-            header = len(tokenizer(document_text(i, Document(doc.idx, doc.title, "")), add_special_tokens=False)
+            header = len(tokenizer(document_text(i, Document(doc.idx, doc.title, ""), self.layout),
+                                   add_special_tokens=False)
                          ["input_ids"])
             text_ids = tokenizer(doc.text, add_special_tokens=False)["input_ids"]
             if allowance - header < 1:
@@ -117,7 +130,7 @@ class QRRetriever:
         return cut
 
     def _prompts(self, query: str, documents: list[Document]) -> tuple[Prompt, Prompt]:
-        prompt, null = prompt_pair(self.tokenizer, query, documents)
+        prompt, null = prompt_pair(self.tokenizer, query, documents, self.layout)
         limit = context_limit(self.model.config)
         needed = max(len(prompt.input_ids), len(null.input_ids))
         if limit is None or needed <= limit:
@@ -125,7 +138,8 @@ class QRRetriever:
         if not self.truncate:
             check_context(self.model.config, needed, "query and documents",
                           "; pass fewer or shorter documents, or truncate=True (--truncate)")
-        prompt, null = prompt_pair(self.tokenizer, query, self._truncated(documents, prompt, limit, needed))
+        prompt, null = prompt_pair(self.tokenizer, query, self._truncated(documents, prompt, limit, needed),
+                                   self.layout)
         if max(len(prompt.input_ids), len(null.input_ids)) > limit:
             raise HeadpatchError(f"the documents still exceed the model's context of {limit} tokens after truncation")
         return prompt, null
