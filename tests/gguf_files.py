@@ -41,6 +41,7 @@ def write_tiny_gguf(path: Path, attn_type: GGMLQuantizationType = Q.Q8_0, layers
     writer.add_head_count(heads)
     writer.add_head_count_kv(1)
     writer.add_embedding_length(hidden)
+    writer.add_context_length(4096)
     writer.add_uint32("llama.attention.key_length", head_dim)
     writer.add_uint32("llama.attention.value_length", head_dim)
     writer.add_string("tokenizer.ggml.model", "gpt2")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
+from huggingface_hub import ModelCard
 from gguf.quants import dequantize, quantize
 
 from headpatch.errors import HeadpatchError
@@ -242,7 +243,9 @@ def test_export_and_verify_from_the_command_line(tmp_path):
     result = invoke("export", str(source), "--patch", str(patch), "-o", str(tmp_path / "out"), "--gguf", "-q")
     assert result.exit_code == 0, result.output
     out = tmp_path / "out" / "tiny-pear.gguf"
-    assert "ollama create tiny-pear" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert "ollama create tiny-pear" in card.text and "FROM ./tiny-pear.gguf\nPARAMETER num_ctx 4096" in card.text
+    assert (card.data.license, card.data.library_name, card.data.base_model) == ("apache-2.0", "gguf", "tiny/base")
     result = invoke("verify", str(out), "--base", str(source), "-q")
     assert result.exit_code == 0 and "2 patched as recorded, 0 unexpected" in result.output, result.output
     result = invoke("export", str(tmp_path), "--patch", str(patch), "-o", str(tmp_path / "o2"), "--gguf")

@@ -214,7 +214,15 @@ def _gguf_loading(repo_hint: str, gguf: GGUFCard) -> list[str]:
         f"llama-cli -m {gguf.file} -p \"Hello\"",
         "```",
         "",
-        f"Ollama: a `Modelfile` beside the file holding the line `FROM ./{gguf.file}`, then",
+        "Ollama: a `Modelfile` beside the file (the chat template travels inside the GGUF; the second line gives the "
+        "model its whole trained context, which Ollama's default cuts short),",
+        "",
+        "```",
+        f"FROM ./{gguf.file}",
+        *([f"PARAMETER num_ctx {gguf.context_length}"] if gguf.context_length else []),
+        "```",
+        "",
+        "then",
         "",
         "```sh",
         f"ollama create {model} -f Modelfile && ollama run {model}",
@@ -236,6 +244,7 @@ class GGUFCard:
 
     file: str
     fold_summary: str
+    context_length: int | None = None  # the GGUF's `<arch>.context_length`
 
 
 def render_card(record: PatchRecord, repo_hint: str = "path/to/this/checkpoint", base: BaseCard = BaseCard(),

@@ -223,7 +223,8 @@ def gguf_export(
         for tensor in plan.patched.values():  # an overflowing coefficient fails here, before anything is written
             _fold(plan, view, tensor)
         name = export_name(source)
-        card = GGUFCard(name, plan.summary())
+        trained_context = gguf.value(f"{gguf.value('general.architecture')}.context_length")
+        card = GGUFCard(name, plan.summary(), trained_context if isinstance(trained_context, int) else None)
         with staged_output(out, overwrite) as staging:
             write_gguf(plan, view, staging / name, show_progress)
             (staging / "README.md").write_text(render_card(record, context.repo_id or out.name, base,
