@@ -14,9 +14,13 @@ class ArchSpec:
 
     o_proj: str  # module path template, `{layer}` is the decoder layer index
     orientation: str = "linear"  # "linear": weight is [out, in]; "conv1d": weight is [in, out] (GPT-2's Conv1D)
+    head_width: str = "head_dim"  # the config attribute giving each head's share of o_proj's input
 
 
 _DECODER = "model.layers.{layer}.self_attn.o_proj"
+# Multi-head latent attention: queries and keys are qk_nope_head_dim + qk_rope_head_dim wide (config.head_dim is the
+# rotary part), values and so o_proj's input per head v_head_dim.
+_LATENT = ArchSpec(_DECODER, head_width="v_head_dim")
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": ArchSpec(_DECODER),
@@ -35,6 +39,27 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "opt": ArchSpec("model.decoder.layers.{layer}.self_attn.out_proj"),
     "falcon": ArchSpec("transformer.h.{layer}.self_attention.dense"),
     "gptj": ArchSpec("transformer.h.{layer}.attn.out_proj"),
+    # mixture-of-experts: the experts replace the MLP; attention and its o_proj stay dense
+    "qwen2_moe": ArchSpec(_DECODER),
+    "qwen3_moe": ArchSpec(_DECODER),
+    "olmoe": ArchSpec(_DECODER),
+    "granitemoe": ArchSpec(_DECODER),
+    "glm4_moe": ArchSpec(_DECODER),
+    "gpt_oss": ArchSpec(_DECODER),  # attention sinks: one learned logit per head joins each softmax
+    "llama4_text": ArchSpec(_DECODER),
+    "deepseek_v2": _LATENT,
+    "deepseek_v3": _LATENT,
+    "glm4": ArchSpec(_DECODER),
+    "cohere": ArchSpec(_DECODER),
+    "cohere2": ArchSpec(_DECODER),
+    "granite": ArchSpec(_DECODER),
+    "smollm3": ArchSpec(_DECODER),
+    "phi": ArchSpec("model.layers.{layer}.self_attn.dense"),
+    "olmo3": ArchSpec(_DECODER),
+    "exaone4": ArchSpec(_DECODER),
+    "ernie4_5": ArchSpec(_DECODER),
+    "apertus": ArchSpec(_DECODER),
+    "seed_oss": ArchSpec(_DECODER),
 }
 
 
@@ -100,7 +125,7 @@ def head_layout(config: Any) -> HeadLayout:
             f"unsupported architecture {model_type!r}; supported: {', '.join(supported_model_types())}"
         )
     num_heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
+    head_dim = getattr(config, spec.head_width, None) or config.hidden_size // num_heads
     return HeadLayout(
         model_type=model_type,
         num_layers=config.num_hidden_layers,

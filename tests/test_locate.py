@@ -28,9 +28,12 @@ def test_fast_location_equals_naive_rerun_on_tiny_models(model_type, mean_vector
     fast = head_effects(model, batch, layout, options)
     naive = naive_head_effects(model, batch, layout, options)
     assert naive.abs().max() > 1e-3
-    assert (fast - naive).abs().max().item() <= 1e-4
+    # tolerances relative where a tiny random model's effects exceed 1 (Phi's reach 83, GLM-4's 21; float32 rounding
+    # of such sums alone is 1e-5 to 1e-4)
+    scale = max(1.0, naive.abs().max().item())
+    assert (fast - naive).abs().max().item() <= 1e-4 * scale
     # and to headpatch 0.1's path, which recomputed every layer and the whole vocabulary for every ablation
-    assert (fast - whole_model_head_effects(model, batch, layout, options)).abs().max().item() <= 1e-5
+    assert (fast - whole_model_head_effects(model, batch, layout, options)).abs().max().item() <= 1e-5 * scale
 
 
 @pytest.mark.parametrize("propagation,attention_runs", [("direct", lambda layer, chunks: 1 + chunks),
@@ -109,6 +112,9 @@ def test_fast_location_equals_naive_rerun_on_smollm2(smollm2, mean_vector, propa
     fast = head_effects(model, batch, layout, options)
     naive = naive_head_effects(model, batch, layout, options)
     assert naive.abs().max() > 1e-3
-    assert (fast - naive).abs().max().item() <= 1e-4
+    # tolerances relative where a tiny random model's effects exceed 1 (Phi's reach 83, GLM-4's 21; float32 rounding
+    # of such sums alone is 1e-5 to 1e-4)
+    scale = max(1.0, naive.abs().max().item())
+    assert (fast - naive).abs().max().item() <= 1e-4 * scale
     # and to headpatch 0.1's path, which recomputed every layer and the whole vocabulary for every ablation
-    assert (fast - whole_model_head_effects(model, batch, layout, options)).abs().max().item() <= 1e-5
+    assert (fast - whole_model_head_effects(model, batch, layout, options)).abs().max().item() <= 1e-5 * scale

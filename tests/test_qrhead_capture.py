@@ -21,7 +21,10 @@ from tests.tiny import tiny_model
 _GPTJ = pytest.param("gptj", marks=pytest.mark.skipif(
     Version(transformers.__version__) < Version("5.24"), reason="GPT-J bypasses the attention interface before 5.24"))
 ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt2",
-                 "gpt_neox", "opt", _GPTJ]
+                 "gpt_neox", "opt", _GPTJ,
+                 "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "deepseek_v2", "deepseek_v3", "glm4", "glm4_moe",
+                 "cohere", "cohere2", "granite", "granitemoe", "smollm3", "llama4_text", "phi", "olmo3", "exaone4",
+                 "ernie4_5", "apertus", "seed_oss"]
 HEADS = [(2, 1), (0, 3), (1, 0), (1, 3), (0, 0)]  # unsorted, several per layer, GQA-shared key heads
 TOL = 1e-4
 
@@ -47,8 +50,12 @@ def test_capture_equals_eager_output_attentions(model_type):
     assert captured.shape == (2, len(HEADS), 37)
     assert (captured - reference).abs().max() <= TOL
     assert (query_attention(model, ids, HEADS, 29) - reference).abs().max() <= TOL  # delegating to eager
-    # each row is a probability distribution averaged over query rows
-    assert torch.allclose(captured.sum(-1), torch.ones(2, len(HEADS)), atol=1e-5)
+    # each row is a probability distribution averaged over query rows; gpt-oss's sink logit takes its share
+    sums = captured.sum(-1)
+    if model_type == "gpt_oss":
+        assert (sums < 0.999).all()
+    else:
+        assert torch.allclose(sums, torch.ones(2, len(HEADS)), atol=1e-5)
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma", "phi3"])

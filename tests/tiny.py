@@ -10,11 +10,30 @@ from transformers import AutoConfig, AutoModelForCausalLM
 TINY_VOCAB = 300
 
 # Where a config has its own head_dim we pick one that differs from hidden/heads, as Qwen3 and Gemma do.
+# Mixture-of-experts models get two small experts; multi-head latent attention (DeepSeek) a value width (20) unlike
+# its query/key width (16 + 8), so that o_proj's input is heads × v_head_dim as in the real models.
+_MLA = {"kv_lora_rank": 16, "q_lora_rank": 32, "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 20,
+        "n_routed_experts": 2, "n_shared_experts": 1, "num_experts_per_tok": 1, "moe_intermediate_size": 32,
+        "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1, "num_key_value_heads": 4}
 _OVERRIDES: dict[str, dict[str, Any]] = {
     "mixtral": {"num_local_experts": 2, "num_experts_per_tok": 1},
     "gemma2": {"sliding_window": 64},
     "gemma3_text": {"sliding_window": 64},
     "gptj": {"rotary_dim": 8},
+    "qwen2_moe": {"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 32,
+                  "shared_expert_intermediate_size": 32},
+    "qwen3_moe": {"num_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 32},
+    "olmoe": {"num_experts": 2, "num_experts_per_tok": 1},
+    "granitemoe": {"num_local_experts": 2, "num_experts_per_tok": 1},
+    "gpt_oss": {"num_local_experts": 2, "num_experts_per_tok": 1, "sliding_window": 64},
+    "glm4_moe": {"n_routed_experts": 2, "num_experts_per_tok": 1, "moe_intermediate_size": 32,
+                 "first_k_dense_replace": 1},
+    "deepseek_v2": _MLA,
+    "deepseek_v3": _MLA,
+    "llama4_text": {"num_local_experts": 2, "num_experts_per_tok": 1, "intermediate_size_mlp": 128},
+    "cohere2": {"sliding_window": 64},
+    "exaone4": {"sliding_window": 64},
+    "olmo3": {"sliding_window": 64},
 }
 
 
@@ -25,7 +44,7 @@ def tiny_config(model_type: str, **extra: Any) -> Any:
         hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=3,
         vocab_size=TINY_VOCAB, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0,
     )
-    if getattr(defaults, "head_dim", None) is not None and model_type != "falcon":
+    if getattr(defaults, "head_dim", None) is not None and model_type not in ("falcon", "deepseek_v2", "deepseek_v3"):
         kwargs["head_dim"] = 24
     if hasattr(defaults, "num_key_value_heads"):
         kwargs["num_key_value_heads"] = 2

@@ -65,11 +65,12 @@ def _additive_mask(
 
 def mean_query_attention(
     query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, heads: Sequence[int], first_row: int,
-    scaling: float, softcap: float | None = None, rows: torch.Tensor | None = None,
+    scaling: float, softcap: float | None = None, rows: torch.Tensor | None = None, sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax attention of `heads` for query rows from `first_row` on, averaged over those rows: [B, heads, keys].
 
-    `rows` [B, query rows from `first_row`] (bool) marks the rows to average; None averages them all.
+    `rows` [B, query rows from `first_row`] (bool) marks the rows to average; None averages them all. `sinks` (one
+    logit per query head, gpt-oss) join every row's softmax as an extra key that is then dropped, as the model does.
     """
     groups = query.shape[1] // key.shape[1]  # GQA: query head h reads key/value head h // groups
     q = query[:, list(heads), first_row:].float()
@@ -78,7 +79,11 @@ def mean_query_attention(
     if softcap is not None:  # Gemma 2 caps logits before masking
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores + _additive_mask(mask, first_row, query.shape[2], key.shape[2], query.device)
-    probabilities = torch.softmax(scores, dim=-1)
+    if sinks is not None:
+        sink = sinks[list(heads)].float().to(scores.device).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        probabilities = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        probabilities = torch.softmax(scores, dim=-1)
     if rows is None:
         return probabilities.mean(dim=-2)
     # masked_fill, not a product: a padded row may be fully masked, and NaN * 0 is still NaN
@@ -113,7 +118,8 @@ def _wrapper(delegate: str) -> Callable:
                 first_row = capture.query_start - (capture.total_length - query.shape[2])
                 rows = None if capture.new_tokens is None else capture.new_tokens[:, first_row:].to(query.device)
                 capture.results[layer] = mean_query_attention(
-                    query, key, attention_mask, heads, first_row, scaling, kwargs.get("softcap"), rows
+                    query, key, attention_mask, heads, first_row, scaling, kwargs.get("softcap"), rows,
+                    kwargs.get("s_aux"),
                 )
             if layer == capture.last_layer:
                 raise _StopForward
