@@ -191,3 +191,47 @@ def test_padded_rows_and_keys_are_ignored():
     assert (unmasked - single).abs().max() > 1e-3  # without the mask the pads would change the result
     with pytest.raises(HeadpatchError, match="attention mask of shape"):
         query_attention(model, padded, HEADS, 18, attention_mask=mask[:, 1:])
+
+
+# Sliding-window models with a window of 8 tokens and prompts of 37 (over four windows); where the config takes
+# per-layer types, global and sliding layers alternate so that both kinds are checked.
+WINDOWED = ["mistral", "gemma2", "gemma3_text", "cohere2", "olmo3", "exaone4", "gpt_oss"]
+
+
+def windowed_model(model_type, window=8):
+    from transformers import AutoConfig
+
+    extra = {"sliding_window": window}
+    if hasattr(AutoConfig.for_model(model_type), "layer_types"):
+        extra["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
+    return tiny_model(model_type, **extra)
+
+
+@pytest.mark.parametrize("model_type", WINDOWED)
+def test_capture_past_a_sliding_window_equals_eager(model_type):
+    model = windowed_model(model_type)
+    ids = torch.randint(3, 300, (2, 37), generator=torch.Generator().manual_seed(5))
+    captured = query_attention(model, ids, HEADS, query_start=29)
+    reference = eager_query_attention(_eager(model), ids, HEADS, 29)
+    assert (captured - reference).abs().max() <= TOL
+    # the window really cut the sliding layers off: no weight on keys a whole window before the first query row
+    sliding = [i for i, (layer, _) in enumerate(HEADS) if model.config.layer_types[layer] == "sliding_attention"] \
+        if getattr(model.config, "layer_types", None) else list(range(len(HEADS)))
+    assert sliding and reference[:, sliding, :20].abs().max() == 0
+
+
+@pytest.mark.parametrize("model_type", WINDOWED)
+def test_cached_prefix_and_calibration_past_a_sliding_window(model_type):
+    model = windowed_model(model_type)
+    generator = torch.Generator().manual_seed(6)
+    prefix = torch.randint(3, 300, (30,), generator=generator).tolist()
+    prompt = Prompt(prefix + torch.randint(3, 300, (9,), generator=generator).tolist(), [(2, 12), (12, 30)], 30)
+    null = Prompt(prefix + [5, 6, 7, 8], [(2, 12), (12, 30)], 30)
+    cache = prefill(model, torch.tensor([prefix]), last_layer=2)
+    cached = query_attention(model, torch.tensor([prompt.input_ids[30:]]), HEADS, 30, cache)
+    calibrated = calibrated_token_scores(model, prompt, null, HEADS)
+    _eager(model)
+    full = eager_query_attention(model, torch.tensor([prompt.input_ids]), HEADS, 30)
+    full_null = eager_query_attention(model, torch.tensor([null.input_ids]), HEADS, 30)
+    assert (cached - full).abs().max() <= TOL
+    assert (calibrated - (full[0, :, :30] - full_null[0, :, :30])).abs().max() <= TOL

@@ -175,6 +175,8 @@ def test_the_pipeline_writes_what_0_1_wrote_for_the_same_inputs(smollm2, tmp_pat
     trained = train_step(loaded, located, TrainOptions(steps=2, batch_size=2, n=6, eval_lengths=(6, 8),
                                                        eval_samples=2), show_progress=False)
     both = qrhead_step(loaded, trained, builtin_examples(2, 2), "builtin test set", 4, show_progress=False)
+    # the one addition since 0.1: the prompt layout's name (0.1's records, without it, read as the chat template)
+    assert both.qrhead.detection.prompt_layout.pop("layout") == "chat-template"
     for record, name in ((located, "heads.json"), (trained, "patch.json"), (both, "patch-qrhead.json")):
         expected = json.loads((V1 / name).read_text(encoding="utf-8"))
         assert _without_run_details(record.to_json()) == _without_run_details(expected), name

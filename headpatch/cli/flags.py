@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from headpatch.options import CHAT_TEMPLATE, DTYPE_NAMES, PROMPT_LAYOUT_NAMES, LocateOptions, TrainOptions, TuneOptions
+from headpatch.options import DTYPE_NAMES, PROMPT_LAYOUT_NAMES, LocateOptions, TrainOptions, TuneOptions
 
 LOCATE = LocateOptions()
 TRAIN = TrainOptions()

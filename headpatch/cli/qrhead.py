@@ -11,7 +11,7 @@ import typer
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
 from headpatch.errors import HeadpatchError
-from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES
+from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES, CHAT_TEMPLATE
 
 app = typer.Typer(name="qrhead", help="Query-focused retrieval heads (QRHead): detect them, rerank with them.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -27,7 +27,7 @@ def detect(
     docs_per_example: int = typer.Option(BUILTIN_DOCS, help="passages per built-in example."),
     seed: flags.Seed = 0,
     yaml_out: Optional[Path] = typer.Option(None, "--yaml", help="also write the heads as a public QRHead YAML file."),
-    prompt_layout: flags.PromptLayout = flags.CHAT_TEMPLATE,
+    prompt_layout: flags.PromptLayout = CHAT_TEMPLATE,
     dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
     quiet: flags.Quiet = False,
 ) -> None:

@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from headpatch.architectures import HeadLayout, o_proj_modules
-from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, ranked_heads
 from headpatch.options import LocateOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
@@ -82,7 +81,9 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
     device = input_device(model)
     ids = batch.input_ids.to(device)
     after = ids.shape[1] - s
-    cache = DynamicCache(config=model.config)
+    # A cache without the config keeps every key in every layer: a sliding-window layer's cache would drop the oldest
+    # and could not be rolled back, while the model's own mask still limits that layer to its window.
+    cache = DynamicCache()
     layers = model.get_submodule(layout.layers_name)
     handles = [module.register_forward_hook(capture(i)) for i, module in enumerate(modules)]
     handles += [layers[i].register_forward_pre_hook(capture_input(i), with_kwargs=True) for i in range(len(layers))]
@@ -161,11 +162,6 @@ def locate_heads(
 ) -> LocateResult:
     """Score every head with Δπ averaged over the (samples, n) settings."""
     started = time.perf_counter()
-    window = getattr(model.config, "sliding_window", None)
-    longest = max(2 * n for _, n in options.settings) + len(special_prefix(tokenizer))
-    if isinstance(window, int) and longest >= window:
-        # The cache is rolled back by one position per ablation, which a filled sliding window cannot do.
-        raise HeadpatchError(f"proxy sequences of {longest} tokens do not fit the sliding window of {window}")
     vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
     prefix = special_prefix(tokenizer)
     per_setting = []

@@ -83,6 +83,21 @@ def _swapped(model: Any, name: str, module: torch.nn.Module) -> Iterator[None]:
         _set_child(model, name, old)
 
 
+@contextmanager
+def _layer_types_from(config: Any, start: int) -> Iterator[None]:
+    """Models with per-layer types (sliding or global attention; Gemma 3's two rotary bases) pick each layer's mask
+    and rotary embedding by its index in the layer list: while that list starts at `start`, so must the types."""
+    types = getattr(config, "layer_types", None)
+    if not types or start == 0:
+        yield
+        return
+    config.layer_types = list(types)[start:]
+    try:
+        yield
+    finally:
+        config.layer_types = types
+
+
 def _head_name(model: Any) -> str | None:
     head = model.get_output_embeddings()
     return next((name for name, child in model.named_children() if child is head), None)
@@ -119,6 +134,7 @@ def upper_part(model: Any, layout: HeadLayout, run: UpperRun) -> Iterator[Callab
         handle = layers[run.start].register_forward_pre_hook(_inject(run.layer_input), with_kwargs=True)
         stack.callback(handle.remove)
         stack.enter_context(_swapped(model, layout.layers_name, torch.nn.ModuleList(list(layers)[run.start:])))
+        stack.enter_context(_layer_types_from(model.config, run.start))
         head_name = _head_name(model)
         head = model.get_output_embeddings()
         # An offloaded head keeps its weight on the meta device; it then computes the whole vocabulary as usual.

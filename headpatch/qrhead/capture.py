@@ -185,7 +185,9 @@ def prefill(model: Any, input_ids: torch.Tensor, last_layer: int,
 
     `attention_mask` [B, T] (1 = token, 0 = padding) is needed when the batch is padded.
     """
-    cache = DynamicCache(config=model.config)
+    # every key of every layer: a sliding-window cache would keep only the last window, and the query span's rows
+    # are scored against absolute positions (the model's mask still limits a sliding layer to its window)
+    cache = DynamicCache()
     _run(model, input_ids, _Capture({}, last_layer, 0, input_ids.shape[1]), cache, attention_mask)
     return cache
 

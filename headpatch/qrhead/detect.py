@@ -65,13 +65,13 @@ def detect_heads(
     if tokenizer is None:
         raise HeadpatchError("QRHead detection needs the model's tokenizer")
     heads = all_heads(model)
-    layout = head_layout(model.config)
+    geometry = head_layout(model.config)
     began = time.perf_counter()
     total = torch.zeros(len(heads))
     for example in tqdm(examples, desc="QRHead detection", unit="example", disable=not show_progress):
         per_document = document_head_scores(model, tokenizer, example, heads, layout)
         total += per_document[:, example.gold_positions()].sum(dim=-1).cpu()
-    scores = (total / len(examples)).view(layout.num_layers, layout.num_heads)
+    scores = (total / len(examples)).view(geometry.num_layers, geometry.num_heads)
     return DetectionResult(scores, len(examples), time.perf_counter() - began)
 
 
