@@ -96,17 +96,18 @@ def _transformers_model(path: Path):
 
 
 @pytest.fixture(scope="module")
-def logits(exported):
+def logits(request, exported):
     """Transformers' logits of the base, the base with run-time head scaling and the patched file, on one sequence of
-    token ids (arbitrary ids: an equivalence check needs no meaning, and reading the GGUF tokenizer costs minutes)."""
-    _, source, out, record = exported
+    token ids (arbitrary ids: an equivalence check needs no meaning, and reading the GGUF tokenizer costs minutes).
+    SmolLM2's base is the session's demo model, which headpatch loaded from this GGUF through the same loader."""
+    name, source, out, record = exported
     ids = [int(i) for i in np.random.default_rng(0).integers(100, 5000, size=32)]
-    model = _transformers_model(source)
+    model = request.getfixturevalue("smollm2").model if name == "smollm2" else _transformers_model(source)
     with torch.no_grad():
         found = {"base": model(torch.tensor([ids])).logits[0].numpy()}
         with scaled_heads(model, head_layout(model.config), record.coefficients()):
             found["scaled"] = model(torch.tensor([ids])).logits[0].numpy()
-        del model
+        model = None
         found["patched"] = _transformers_model(out)(torch.tensor([ids])).logits[0].numpy()
     return ids, found
 
