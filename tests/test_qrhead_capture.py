@@ -29,6 +29,20 @@ HEADS = [(2, 1), (0, 3), (1, 0), (1, 3), (0, 0)]  # unsorted, several per layer,
 TOL = 1e-4
 
 
+# Sliding-window models with a window of 8 tokens and prompts of 37 (over four windows); where the config takes
+# per-layer types, global and sliding layers alternate so that both kinds are checked.
+WINDOWED = ["mistral", "gemma2", "gemma3_text", "cohere2", "olmo3", "exaone4", "gpt_oss"]
+
+
+def windowed_model(model_type, window=8):
+    from transformers import AutoConfig
+
+    extra = {"sliding_window": window}
+    if hasattr(AutoConfig.for_model(model_type), "layer_types"):
+        extra["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
+    return tiny_model(model_type, **extra)
+
+
 def eager_query_attention(model, input_ids, heads, query_start):
     """The reference: full eager forward, attention probabilities of the query-span rows averaged per head."""
     with torch.no_grad():
@@ -58,9 +72,11 @@ def test_capture_equals_eager_output_attentions(model_type):
         assert torch.allclose(sums, torch.ones(2, len(HEADS)), atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen3", "gemma", "phi3"])
-def test_cached_prefix_and_calibration_equal_full_runs(model_type):
-    model = tiny_model(model_type)
+@pytest.mark.parametrize(("model_type", "window"), [(t, None) for t in ("llama", "qwen3", "gemma", "phi3")] +
+                         [(t, 8) for t in WINDOWED])
+def test_cached_prefix_and_calibration_equal_full_runs(model_type, window):
+    """Also past a sliding window of 8 (the 30-token prefix spans almost four), global and sliding layers mixed."""
+    model = tiny_model(model_type) if window is None else windowed_model(model_type, window)
     generator = torch.Generator().manual_seed(2)
     prefix = torch.randint(3, 300, (30,), generator=generator).tolist()
     prompt = Prompt(prefix + torch.randint(3, 300, (9,), generator=generator).tolist(), [(2, 12), (12, 30)], 30)
@@ -193,18 +209,6 @@ def test_padded_rows_and_keys_are_ignored():
         query_attention(model, padded, HEADS, 18, attention_mask=mask[:, 1:])
 
 
-# Sliding-window models with a window of 8 tokens and prompts of 37 (over four windows); where the config takes
-# per-layer types, global and sliding layers alternate so that both kinds are checked.
-WINDOWED = ["mistral", "gemma2", "gemma3_text", "cohere2", "olmo3", "exaone4", "gpt_oss"]
-
-
-def windowed_model(model_type, window=8):
-    from transformers import AutoConfig
-
-    extra = {"sliding_window": window}
-    if hasattr(AutoConfig.for_model(model_type), "layer_types"):
-        extra["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
-    return tiny_model(model_type, **extra)
 
 
 @pytest.mark.parametrize("model_type", WINDOWED)
@@ -218,20 +222,3 @@ def test_capture_past_a_sliding_window_equals_eager(model_type):
     sliding = [i for i, (layer, _) in enumerate(HEADS) if model.config.layer_types[layer] == "sliding_attention"] \
         if getattr(model.config, "layer_types", None) else list(range(len(HEADS)))
     assert sliding and reference[:, sliding, :20].abs().max() == 0
-
-
-@pytest.mark.parametrize("model_type", WINDOWED)
-def test_cached_prefix_and_calibration_past_a_sliding_window(model_type):
-    model = windowed_model(model_type)
-    generator = torch.Generator().manual_seed(6)
-    prefix = torch.randint(3, 300, (30,), generator=generator).tolist()
-    prompt = Prompt(prefix + torch.randint(3, 300, (9,), generator=generator).tolist(), [(2, 12), (12, 30)], 30)
-    null = Prompt(prefix + [5, 6, 7, 8], [(2, 12), (12, 30)], 30)
-    cache = prefill(model, torch.tensor([prefix]), last_layer=2)
-    cached = query_attention(model, torch.tensor([prompt.input_ids[30:]]), HEADS, 30, cache)
-    calibrated = calibrated_token_scores(model, prompt, null, HEADS)
-    _eager(model)
-    full = eager_query_attention(model, torch.tensor([prompt.input_ids]), HEADS, 30)
-    full_null = eager_query_attention(model, torch.tensor([null.input_ids]), HEADS, 30)
-    assert (cached - full).abs().max() <= TOL
-    assert (calibrated - (full[0, :, :30] - full_null[0, :, :30])).abs().max() <= TOL
