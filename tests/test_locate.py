@@ -7,7 +7,7 @@ from headpatch.pear.locate import clean_run, head_effects, locate_heads
 from headpatch.pear.proxy import copy_batch, sampleable_ids, special_prefix
 from tests.oracle import naive_head_effects, whole_model_head_effects
 from tests.test_architectures import REQUIRED
-from tests.tiny import TINY_VOCAB, tiny_model
+from tests.tiny import TINY_VOCAB, tiny_model, windowed_model
 
 VARIANTS = [(m, p) for m in MEAN_VECTORS for p in PROPAGATIONS]
 
@@ -117,8 +117,6 @@ def test_fast_location_equals_naive_rerun_on_smollm2(smollm2, mean_vector, propa
 def test_location_past_a_sliding_window_equals_the_naive_rerun(model_type):
     """Proxy sequences of 15 tokens through a window of 6: the cache keeps every key, the model's mask keeps the
     window, so rolling the cache back stays exact."""
-    from tests.test_qrhead_capture import windowed_model
-
     model = windowed_model(model_type, window=6)
     layout = head_layout(model.config)
     batch = _tiny_batch(model)

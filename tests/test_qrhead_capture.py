@@ -15,7 +15,7 @@ from headpatch.qrhead.capture import prefill, query_attention
 from headpatch.qrhead.detect import document_head_scores
 from headpatch.qrhead.prompt import Prompt, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores, calibrated_token_scores_batch, masked_document_sums
-from tests.tiny import tiny_model
+from tests.tiny import tiny_model, windowed_model
 
 # GPT-J's modeling code calls the attention interface from transformers 5.24 on; before, capture refuses it
 _GPTJ = pytest.param("gptj", marks=pytest.mark.skipif(
@@ -29,18 +29,8 @@ HEADS = [(2, 1), (0, 3), (1, 0), (1, 3), (0, 0)]  # unsorted, several per layer,
 TOL = 1e-4
 
 
-# Sliding-window models with a window of 8 tokens and prompts of 37 (over four windows); where the config takes
-# per-layer types, global and sliding layers alternate so that both kinds are checked.
+# Sliding-window models with a window of 8 tokens and prompts of 37 (over four windows)
 WINDOWED = ["mistral", "gemma2", "gemma3_text", "cohere2", "olmo3", "exaone4", "gpt_oss"]
-
-
-def windowed_model(model_type, window=8):
-    from transformers import AutoConfig
-
-    extra = {"sliding_window": window}
-    if hasattr(AutoConfig.for_model(model_type), "layer_types"):
-        extra["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
-    return tiny_model(model_type, **extra)
 
 
 def eager_query_attention(model, input_ids, heads, query_start):

@@ -62,3 +62,12 @@ def tiny_model(model_type: str, seed: int = 0, **extra: Any) -> Any:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(model_type, **extra), dtype=torch.float32)
     return model.eval()
+
+
+def windowed_model(model_type: str, window: int = 8) -> Any:
+    """A tiny model with a sliding window of `window` tokens; where the config takes per-layer types, global and
+    sliding layers alternate so that both kinds are exercised."""
+    extra: dict[str, Any] = {"sliding_window": window}
+    if hasattr(AutoConfig.for_model(model_type), "layer_types"):
+        extra["layer_types"] = ["sliding_attention", "full_attention", "sliding_attention"]
+    return tiny_model(model_type, **extra)

@@ -81,13 +81,21 @@ class PatchedGGUFTensor:
     source: TensorInfo
     heads: dict[int, float]
     head_dim: int
-    method: FoldMethod
-    new_type: GGMLQuantizationType
 
     @property
     def factors(self) -> np.ndarray:
         """The factor of each input column."""
         return column_factors(self.source.shape[0], self.head_dim, self.heads)
+
+    @property
+    def method(self) -> FoldMethod:
+        """How the tensor takes its coefficients."""
+        return fold_method(self.source.type, self.factors)
+
+    @property
+    def new_type(self) -> GGMLQuantizationType:
+        """The tensor's type after the fold."""
+        return folded_type(self.source.type, self.factors)
 
 
 @dataclass(frozen=True)
@@ -124,11 +132,16 @@ def export_name(source: Path) -> str:
     return f"{head}{NAME_SUFFIX}.{tail}.gguf" if dot and head else f"{stem}{NAME_SUFFIX}.gguf"
 
 
+def source_name(gguf: GGUFFile) -> str:
+    """The source model's name: its `general.name`, else the file's name."""
+    name = gguf.value("general.name")
+    return name if isinstance(name, str) and name else gguf.path.name.removesuffix(".gguf")
+
+
 def exported_fields(gguf: GGUFFile, record: PatchRecord) -> tuple[Field, ...]:
     """The output's metadata: the source's entries as they are, `general.name` suffixed, the base-model keys naming
     the source, and the record under `headpatch.record`."""
-    name = gguf.value("general.name")
-    name = name if isinstance(name, str) and name else gguf.path.name.removesuffix(".gguf")
+    name = source_name(gguf)
     renamed = string_field("general.name", name + NAME_SUFFIX)
     fields = [renamed if field.key == "general.name" else field for field in gguf.fields
               if not field.key.startswith(BASE_MODEL_PREFIX) and field.key != RECORD_KEY]
@@ -158,9 +171,7 @@ def plan_gguf_export(gguf: GGUFFile, record: PatchRecord) -> GGUFPlan:
             raise HeadpatchError(printable(
                 f"the patch does not fit {gguf.path}: tensor {tensor.name} has shape {list(tensor.shape)}, the "
                 f"recorded heads need {width} input columns"))
-        factors = column_factors(width, architecture.head_dim, heads)
-        patched[tensor.name] = PatchedGGUFTensor(tensor, heads, architecture.head_dim,
-                                                 fold_method(tensor.type, factors), folded_type(tensor.type, factors))
+        patched[tensor.name] = PatchedGGUFTensor(tensor, heads, architecture.head_dim)
     position, tensors = 0, {}
     for tensor in sorted(gguf.tensors, key=lambda t: t.offset):
         new_type = patched[tensor.name].new_type if tensor.name in patched else tensor.type

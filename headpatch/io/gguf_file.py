@@ -122,7 +122,7 @@ class _Cursor:
             raise HeadpatchError(printable(f"GGUF file {self.path} is corrupt: {self.what} holds a string that is "
                                            "not UTF-8")) from None
 
-    def value(self, value_type: int, keep: bool = True) -> Any:
+    def value(self, value_type: int) -> Any:
         if value_type == _STRING:
             return self.string()
         if value_type == _ARRAY:
@@ -131,7 +131,7 @@ class _Cursor:
                 self.take(count * struct.calcsize(_SCALARS[element_type]))
             elif element_type in (_STRING, _ARRAY):
                 for _ in range(count):
-                    self.value(element_type, keep=False)
+                    self.value(element_type)
             else:
                 raise HeadpatchError(printable(f"GGUF file {self.path} is corrupt: {self.what} is an array of "
                                                f"unknown type {element_type}"))
@@ -139,8 +139,7 @@ class _Cursor:
         if value_type not in _SCALARS:
             raise HeadpatchError(printable(f"GGUF file {self.path} is corrupt: {self.what} has unknown value type "
                                            f"{value_type}"))
-        value = self.scalar(_SCALARS[value_type])
-        return value if keep else None
+        return self.scalar(_SCALARS[value_type])
 
 
 def _tensor_info(cursor: _Cursor, path: Path, index: int) -> TensorInfo:

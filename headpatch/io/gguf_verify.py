@@ -8,7 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from headpatch.errors import HeadpatchError, printable
-from headpatch.io.gguf_export import BASE_MODEL_PREFIX, NAME_SUFFIX, RECORD_KEY, plan_gguf_export
+from headpatch.io.gguf_export import BASE_MODEL_PREFIX, NAME_SUFFIX, RECORD_KEY, plan_gguf_export, source_name
 from headpatch.io.gguf_file import GGUFFile, open_gguf, tensor_bytes
 from headpatch.io.gguf_fold import FoldMethod, dequantized, fold_tensor
 from headpatch.io.verify import Verification
@@ -35,7 +35,7 @@ def _key_problems(base: GGUFFile, out: GGUFFile) -> list[str]:
     problems = [f"key {key}: missing from the export" for key in before if key not in after]
     problems += [f"key {key}: not in the base" for key in after if key not in before]
     problems += [f"key {key}: changed" for key in before if key in after and before[key] != after[key]]
-    name = base.value("general.name") or base.path.name.removesuffix(".gguf")
+    name = source_name(base)
     if out.value("general.name") != f"{name}{NAME_SUFFIX}":
         problems.append(f"key general.name: {out.value('general.name')!r}, expected {name + NAME_SUFFIX!r}")
     return problems

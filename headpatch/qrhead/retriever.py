@@ -17,7 +17,7 @@ from headpatch.qrhead.detect import all_heads
 from headpatch.qrhead.prompt import CHAT_TEMPLATE, Prompt, document_text, prompt_layout, prompt_pair
 from headpatch.qrhead.scoring import calibrated_token_scores_batch, head_set_scores
 from headpatch.qrhead.yamlio import FULL_HEADS, read_yaml
-from headpatch.record import PatchRecord
+from headpatch.record import PatchRecord, QRHeads
 from headpatch.runtime import check_context, context_limit
 
 DocInput = str | Mapping[str, Any] | Document
@@ -57,20 +57,18 @@ def _resolve_heads(model: Any, heads: str | Sequence[str | Head] | None) -> list
     return resolved
 
 
-def shipped_qr_heads(config: Any) -> tuple[str, ...]:
-    """The QR heads a checkpoint's config ships under `headpatch.qrhead.heads`; empty when it ships none."""
+def shipped_qrhead(config: Any) -> QRHeads | None:
+    """The QR part of the record a checkpoint's config ships under `headpatch`; None when it ships none."""
     section = getattr(config, "headpatch", None)
     if section is None:
-        return ()
-    record = PatchRecord.from_json(section, "the headpatch metadata in config.json")
-    return record.qrhead.heads if record.qrhead is not None else ()
+        return None
+    return PatchRecord.from_json(section, "the headpatch metadata in config.json").qrhead
 
 
-def shipped_layout(config: Any) -> str:
-    """The prompt layout the shipped QR heads were detected with (records before layouts existed: the chat
-    template)."""
-    record = PatchRecord.from_json(config.headpatch, "the headpatch metadata in config.json")
-    return record.qrhead.detection.prompt_layout.get("layout", CHAT_TEMPLATE)
+def shipped_qr_heads(config: Any) -> tuple[str, ...]:
+    """The QR heads a checkpoint's config ships under `headpatch.qrhead.heads`; empty when it ships none."""
+    qrhead = shipped_qrhead(config)
+    return qrhead.heads if qrhead is not None else ()
 
 
 class QRRetriever:
@@ -92,13 +90,16 @@ class QRRetriever:
         """Load a checkpoint whose config.json holds `headpatch.qrhead.heads` (written by `headpatch export`); its
         prompts are framed as at detection unless `layout` says otherwise."""
         loaded = load_model(str(path), dtype, device)
-        heads = shipped_qr_heads(loaded.model.config)
+        qrhead = shipped_qrhead(loaded.model.config)
+        heads = qrhead.heads if qrhead is not None else ()
         if not heads:
             raise HeadpatchError(
                 f"{path} has no QR heads in config.json (headpatch.qrhead.heads); run `headpatch qrhead detect` "
                 "and export with --qrhead-data, or use QRRetriever.from_yaml / explicit heads"
             )
-        return cls(loaded.model, loaded.tokenizer, heads, truncate, layout or shipped_layout(loaded.model.config))
+        # records written before layouts existed name none: they were detected on the chat template
+        shipped = qrhead.detection.prompt_layout.get("layout", CHAT_TEMPLATE)
+        return cls(loaded.model, loaded.tokenizer, heads, truncate, layout or shipped)
 
     @classmethod
     def from_yaml(cls, path: str | Path, model: LoadedModel | str | None = None, dtype: str = "float32",
