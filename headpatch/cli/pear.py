@@ -121,7 +121,8 @@ def tuning_table(record: PatchRecord) -> str:
 def export(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(
-        help="Hub id, local checkpoint directory, .gguf file, or the demo alias smollm2-135m. Optional with --recipe.",
+        help="Hub id, local checkpoint directory, .gguf file, or a demo alias (smollm2-135m, gemma3-270m). "
+             "Optional with --recipe.",
         show_default=False)] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="directory of the patched checkpoint.",
                                          show_default=False)] = ...,
