@@ -94,6 +94,21 @@ def test_guard_figures_equal_the_evaluation_metrics_on_a_folded_copy():
     assert guard_figures(model, layout, {(0, 1): 1.0}, windows) == Guard(0.0, 0.0)
 
 
+def test_window_losses_are_unchanged_when_a_small_budget_splits_batches_and_positions(monkeypatch):
+    from headpatch.evaluation import metrics
+
+    model, folded = tiny_model("qwen2"), tiny_model("qwen2")
+    fold_model(folded, head_layout(model.config), {(0, 1): 1.6, (2, 3): 0.3})
+    text = "".join(chr(32 + (7 * i) % 90) for i in range(700))
+    whole = window_losses(folded, ByteTokenizer(), [text], 64, 3, base=model)
+    vocab = model.config.vocab_size
+    monkeypatch.setattr(metrics, "LOGITS_BUDGET", 4 * vocab * 4 * 5)  # one window per forward, 5 positions a slice
+    sliced = window_losses(folded, ByteTokenizer(), [text], 64, 3, base=model)
+    assert len(whole[0]) == len(sliced[0]) == 3 and min(whole[1]) > 1e-4
+    for before, after in zip(whole, sliced):
+        assert after == pytest.approx(before, rel=1e-5, abs=1e-7)
+
+
 def _candidate(k, loss, within=True, interval=(-0.2, -0.1)):
     selection = Selection([loss], [0.5])
     return Candidate(k=k, coefficients={}, steps=5, steps_run=5, stopped="converged", selection=selection,
