@@ -102,15 +102,22 @@ def activation_bytes_per_token_layer(shape: ModelShape, dtype_bytes: int, sequen
     return saved * dtype_bytes + 4 * normed + eager
 
 
-def train_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
-    """Saved activations of one batch plus its copy-half logits (float32 with gradients), or the held-out check."""
+def train_step_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
+    """Saved activations of one batch plus its copy-half logits (float32 with gradients)."""
     sequence = prefix + 2 * options.n
     per_token_layer = activation_bytes_per_token_layer(shape, dtype_bytes, sequence)
     activations = shape.num_layers * options.batch_size * sequence * per_token_layer
-    logits = options.batch_size * options.n * shape.vocab_size * (dtype_bytes + 12)
-    # copy_accuracy scores 20 sequences at a time, keeping the logits of their whole copy half
-    heldout = min(20, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * dtype_bytes
-    return max(activations + logits, heldout)
+    return activations + options.batch_size * options.n * shape.vocab_size * (dtype_bytes + 12)
+
+
+def heldout_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions) -> int:
+    """The held-out copy check: copy_accuracy scores 20 sequences at a time, keeping the logits of their copy half."""
+    return min(20, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * dtype_bytes
+
+
+def train_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
+    """The larger of a training step and the held-out check."""
+    return max(train_step_bytes(shape, dtype_bytes, options, prefix), heldout_bytes(shape, dtype_bytes, options))
 
 
 def detect_bytes(shape: ModelShape, dtype_bytes: int, tokens: int = DETECT_TOKENS, query: int = QUERY_TOKENS) -> int:
