@@ -84,7 +84,9 @@ def test_every_recipe_loads_and_fits_its_model(path):
         model = AutoModelForCausalLM.from_config(recipe.architecture.config())
     parameters = sum(p.numel() for p in model.parameters())
     assert parameters / 1e9 == pytest.approx(recipe.architecture.parameters_b, rel=0.01)
-    assert "only smollm2-135m-instruct.yaml was verified" in path.read_text() or path.stem == "smollm2-135m-instruct"
+    verified = {"smollm2-135m-instruct", "gemma-3-270m"}  # the demo recipes, run end to end here
+    verified_note = "only smollm2-135m-instruct.yaml and gemma-3-270m.yaml were verified"
+    assert path.stem in verified or verified_note in path.read_text()
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_QRHEADS))
@@ -104,9 +106,10 @@ def test_cli_defaults_are_the_option_defaults():
     assert with_flags(ExportJob(), _export_defaults()) == ExportJob()
 
 
-def test_smollm2_recipe_is_the_readme_demo():
-    job = load_recipe(RECIPES_DIR / "smollm2-135m-instruct.yaml").job()
-    assert job == with_flags(ExportJob(), {**_export_defaults(), "model": "smollm2-135m"})
+@pytest.mark.parametrize("recipe,alias", [("smollm2-135m-instruct", "smollm2-135m"), ("gemma-3-270m", "gemma3-270m")])
+def test_the_demo_recipes_are_the_readme_demos(recipe, alias):
+    job = load_recipe(RECIPES_DIR / f"{recipe}.yaml").job()
+    assert job == with_flags(ExportJob(), {**_export_defaults(), "model": alias})
 
 
 def test_defaults_of_an_empty_recipe_are_the_cli_defaults(tmp_path):
