@@ -8,9 +8,10 @@ Time and memory do not depend on the weights' values, so nothing is downloaded: 
 `AutoModelForCausalLM.from_config` with the recipe's config, seeded. QRHead detection needs a tokenizer: the bundled
 demo's (SmolLM2) frames the built-in examples, whose ids all lie inside any larger vocabulary.
 
-Each measurement runs in a fresh process that builds the model, resets the kernel's peak-RSS mark
-(/proc/self/clear_refs), runs one step and reads the new peak: "working" is that peak above the resident size just
-before the step, which is what the estimates' working figure predicts (they leave out Python and torch themselves).
+Each measurement runs in a fresh process that allocates as the CLI does (PyTorch's huge-page buffers, unless
+THP_MEM_ALLOC_ENABLE is already set, e.g. to 0 to see glibc's heap retention), builds the model, resets the kernel's
+peak-RSS mark (/proc/self/clear_refs), runs one step and reads the new peak: "working" is that peak above the resident
+size just before the step, which is what the estimates' working figure predicts (they leave out Python and torch).
 Steps (`--steps`): location on each chosen (samples, n) setting (all of PEAR's heads), `--train-steps` training steps
 of the default batch (each timed), QRHead detection on `--examples` built-in examples (each timed), and on request the
 default held-out copy check (`heldout`: 20 sequences at each of n = 25, 50, 100, 200). CPU only: this script has not
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from headpatch.options import LocateOptions, TrainOptions, parse_settings  # noqa: E402
 from headpatch.pear.memory import (  # noqa: E402
     DTYPE_BYTES,
+    allocate_on_huge_pages,
     detect_bytes,
     heldout_bytes,
     locate_bytes,
@@ -68,6 +70,7 @@ def _model(recipe: Any, dtype: str) -> Any:
 
 def _run_step(recipe: Any, dtype: str, step: str, argument: str) -> dict[str, Any]:
     """One step in this process: build the model, reset the peak, run, report seconds and bytes."""
+    allocate_on_huge_pages()  # as the CLI does; THP_MEM_ALLOC_ENABLE=0 in the environment measures without
     import torch
 
     from headpatch.architectures import head_layout

@@ -6,6 +6,9 @@ recipes/README.md against the estimates.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,9 +130,11 @@ def _saved_activation_bytes(model_type: str, layers: int, dtype: torch.dtype, **
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("model_type", ["llama", "mistral", "phi3", "qwen3", "olmo2", "gemma2"])
+@pytest.mark.parametrize("model_type", ["llama", "mistral", "phi3", "qwen3", "olmo2", "gemma2", "gemma3_text"])
 def test_training_activation_estimate_matches_what_autograd_saves(model_type, dtype):
     sizes = {"hidden_size": 96, "intermediate_size": 320, "num_attention_heads": 4, "num_key_value_heads": 2}
+    if model_type == "gemma3_text":
+        sizes["sliding_window"] = 256  # the sequences (101 tokens) fit the window, as PEAR's do in the real Gemma 3
     # the difference between 4 and 2 layers is what two more layers keep per token
     small, tokens = _saved_activation_bytes(model_type, 2, dtype, **sizes)
     large, _ = _saved_activation_bytes(model_type, 4, dtype, **sizes)
@@ -168,3 +173,28 @@ def test_readme_memory_table_matches_the_estimates():
         peak = max(e.weights + e.working for e in estimates)
         assert rows["peak (weights + the largest step)"][column] == gigabytes(peak)
     assert "4,096-token" in rows["detect"][0]  # the prompt length the estimate assumes
+
+
+_SPY_ON_TORCH_IMPORT = """
+import os, sys
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+            sys.meta_path.remove(self)
+
+sys.meta_path.insert(0, Spy())
+import headpatch.cli
+"""
+
+
+@pytest.mark.parametrize("given, expected", [(None, "1"), ("0", "0")])
+def test_cli_asks_for_huge_page_buffers_before_torch_is_imported(given, expected):
+    # PyTorch reads the variable once, at its first allocation: set later, it would do nothing
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    if given is not None:
+        env["THP_MEM_ALLOC_ENABLE"] = given
+    done = subprocess.run([sys.executable, "-c", _SPY_ON_TORCH_IMPORT], env=env, capture_output=True, text=True,
+                          check=True)
+    assert done.stdout.splitlines()[0] == expected

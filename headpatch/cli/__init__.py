@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from headpatch.pear.memory import allocate_on_huge_pages
+
+allocate_on_huge_pages()  # before the commands below import torch
+
 import typer
 
 from headpatch.cli import checkpoints, pear, qrhead

@@ -4,6 +4,11 @@ The working-memory figures follow what the code keeps alive, summed over all dev
 location holds the clean key/value cache plus one widened copy per chunk size of heads recomputed together, training
 holds the activations autograd saves to reach the coefficients, detection holds one prompt's cache and the per-layer
 attention of its query span, and the streaming export holds one output projection at a time.
+
+They count live tensors. A process's peak matches them only when freed activations go back to the system: under
+glibc's default malloc, tensors of a few MB freed during a forward pass stay in its heap, fragmented, and a first
+training step of the Llama-3.2-1B shape peaked 31% above its live tensors (bench/real_scale.py). PyTorch's
+huge-page allocation (ALLOCATOR_ENV) gives 2 MB-aligned buffers that are returned whole; the CLI sets it.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto" k
 DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300)
 QUERY_TOKENS = 64  # the query span: instruction, question and assistant header after the documents
 PREFIX_TOKENS = 1  # special tokens in front of a proxy sequence (Llama's BOS)
+# Read by PyTorch once, at its first CPU allocation, so it must be in the environment before torch allocates anything.
+ALLOCATOR_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 # Where a model_type's decoder layer keeps more for backward than a Llama-style one (checked by the tests).
 LAYER_TRAITS: dict[str, dict[str, object]] = {
     "qwen3": {"qk_norm": True},
     "olmo2": {"qk_norm": True},
     "gemma2": {"norms_per_layer": 4, "eager_attention": True},  # softcapped logits: transformers runs eager attention
+    # Exact while the sequence fits the sliding window (PEAR's default proxy of 101 tokens does, in Gemma 3's 512);
+    # past it, sliding layers get a materialised mask and K/V repeated per query head, which are not counted.
+    "gemma3_text": {"norms_per_layer": 4, "qk_norm": True},
 }
 
 
@@ -63,6 +73,14 @@ class StepMemory:
     holds: str  # what the working memory is
 
 
+def allocate_on_huge_pages() -> None:
+    """Ask PyTorch for huge-page CPU buffers unless the environment already says; no effect once torch allocated."""
+    import os
+
+    for name, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(name, value)
+
+
 def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> int:
     """Keys and values of one token over all layers."""
     return 2 * shape.num_layers * shape.kv_width * dtype_bytes
@@ -76,7 +94,13 @@ def _chunk_sizes(num_heads: int, per_chunk: int) -> set[int]:
 
 
 def locate_bytes(shape: ModelShape, dtype_bytes: int, options: LocateOptions, prefix: int = PREFIX_TOKENS) -> int:
-    """Peak over the settings of: clean cache, widened caches, and float32 logits of one recomputed position."""
+    """Peak over the settings of: the clean cache, the widened caches, one layer of a recomputed batch, and the clean
+    run's logits at the scored position (float32).
+
+    A recomputed batch is one position for `rows` rows (samples × heads in the chunk). Its largest moment is one layer:
+    appending the position copies that layer's widened cache, and the MLP holds its three intermediate tensors. Only
+    the copied token's logit is computed for it, a row of the output embedding per row, not the vocabulary.
+    """
     per_token = kv_bytes_per_token(shape, dtype_bytes)
     worst = 0
     for samples, n in options.settings:
@@ -84,8 +108,10 @@ def locate_bytes(shape: ModelShape, dtype_bytes: int, options: LocateOptions, pr
         per_chunk = max(1, options.max_rows // samples)
         widened = sum(samples * copies * (length - 1) for copies in _chunk_sizes(shape.num_heads, per_chunk))
         rows = samples * min(per_chunk, shape.num_heads)
-        logits = rows * shape.vocab_size * (dtype_bytes + 4)
-        worst = max(worst, (samples * length + widened) * per_token + logits)
+        layer = rows * (length * per_token // shape.num_layers
+                        + (3 * shape.intermediate_size + 4 * shape.hidden_size) * dtype_bytes)
+        logits = samples * shape.vocab_size * (dtype_bytes + 4)
+        worst = max(worst, (samples * length + widened) * per_token + layer + logits)
     return worst
 
 
