@@ -68,7 +68,7 @@ def _model(recipe: Any, dtype: str) -> Any:
     return model.eval().requires_grad_(False)
 
 
-def _run_step(recipe: Any, dtype: str, step: str, argument: str) -> dict[str, Any]:
+def _run_step(recipe: Any, dtype: str, step: str, argument: str, batch_size: int) -> dict[str, Any]:
     """One step in this process: build the model, reset the peak, run, report seconds and bytes."""
     allocate_on_huge_pages()  # as the CLI does; THP_MEM_ALLOC_ENABLE=0 in the environment measures without
     import torch
@@ -89,7 +89,7 @@ def _run_step(recipe: Any, dtype: str, step: str, argument: str) -> dict[str, An
         from headpatch.pear.proxy import copy_batch, copy_loss, sampleable_ids
         from headpatch.pear.scaling import HeadScaling
 
-        options = TrainOptions()
+        options = TrainOptions(batch_size=batch_size)
         vocab = sampleable_ids(model.config.vocab_size, None, model.config)
         heads = [(layer, 0) for layer in range(layout.num_layers)][:10]
         before = _reset_peak()
@@ -134,19 +134,20 @@ def _run_step(recipe: Any, dtype: str, step: str, argument: str) -> dict[str, An
     raise ValueError(f"unknown step {step!r}")
 
 
-def _estimate(recipe: Any, dtype: str, step: str, argument: str, tokens: int | None) -> int:
+def _estimate(recipe: Any, dtype: str, step: str, argument: str, tokens: int | None, batch_size: int) -> int:
     shape, size = recipe.architecture.shape(), DTYPE_BYTES[dtype]
     if step == "locate":
         return locate_bytes(shape, size, LocateOptions(settings=parse_settings(argument)), prefix=0)  # no tokenizer
     if step == "train":
-        return train_step_bytes(shape, size, TrainOptions())
+        return train_step_bytes(shape, size, TrainOptions(batch_size=batch_size))
     if step == "heldout":
         return heldout_bytes(shape, size, TrainOptions())
     return detect_bytes(shape, size, tokens)
 
 
 def _child(args: argparse.Namespace, step: str, argument: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--recipe", args.recipe, "--dtype", args.dtype, "--child", step, argument]
+    command = [sys.executable, __file__, "--recipe", args.recipe, "--dtype", args.dtype,
+               "--batch-size", str(args.batch_size), "--child", step, argument]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{step} {argument} failed:\n{done.stderr[-3000:]}")
@@ -162,11 +163,13 @@ def main() -> None:
     parser.add_argument("--steps", default="locate,train,detect", help="comma-separated: locate, train, heldout, detect")
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--examples", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=TrainOptions().batch_size,
+                        help="training sequences per step (smaller for a memory check where steps are slow, e.g. bf16)")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     recipe = load_recipe(args.recipe)
     if args.child:
-        print(json.dumps(_run_step(recipe, args.dtype, *args.child)))
+        print(json.dumps(_run_step(recipe, args.dtype, *args.child, args.batch_size)))
         return
 
     settings = args.settings or ",".join(f"{s}x{n}" for s, n in recipe.pear.settings)
@@ -176,16 +179,16 @@ def main() -> None:
     shape = recipe.architecture.shape()
     weights = shape.parameters * DTYPE_BYTES[args.dtype]
     print(f"{recipe.name}: random weights, {args.dtype}, CPU; estimated weights {weights / MIB:,.0f} MiB")
-    print(f"| step | wall time | working peak measured | estimated | measured / estimated | process peak |")
+    print("| step | wall time | working peak measured | estimated | measured / estimated | process peak |")
     print("|---|---|---|---|---|---|")
     for step, argument in steps:
         measured = _child(args, step, argument)
         working = measured["peak"] - measured["before"]
-        estimate = _estimate(recipe, args.dtype, step, argument, measured.get("tokens"))
+        estimate = _estimate(recipe, args.dtype, step, argument, measured.get("tokens"), args.batch_size)
         seconds = measured["seconds"]
         timing = " + ".join(f"{s:.1f}" for s in seconds) + " s" if len(seconds) > 1 else f"{seconds[0]:.1f} s"
         label = {"locate": f"location, setting {argument}, all {shape.num_layers * shape.num_heads} heads",
-                 "train": f"training steps (batch {TrainOptions().batch_size} x n={TrainOptions().n})",
+                 "train": f"training steps (batch {args.batch_size} x n={TrainOptions().n})",
                  "heldout": "held-out copy check (20 x n=25..200)",
                  "detect": f"QR detection, per example (~{measured.get('tokens')} tokens)"}[step]
         print(f"| {label} | {timing} | {working / MIB:,.0f} MiB | {estimate / MIB:,.0f} MiB | "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # unreleased: 0.2 defaults (tuning), not yet tagged
 
 # the distributions whose behaviour headpatch depends on, in the order a bug report lists them
 LIBRARIES = ("torch", "transformers", "peft", "huggingface_hub", "accelerate", "safetensors", "gguf")
