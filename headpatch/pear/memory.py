@@ -13,6 +13,7 @@ huge-page allocation (ALLOCATOR_ENV) gives 2 MB-aligned buffers that are returne
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from headpatch.errors import HeadpatchError
@@ -75,8 +76,6 @@ class StepMemory:
 
 def allocate_on_huge_pages() -> None:
     """Ask PyTorch for huge-page CPU buffers unless the environment already says; no effect once torch allocated."""
-    import os
-
     for name, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(name, value)
 
@@ -170,7 +169,7 @@ def step_memory(
     size = DTYPE_BYTES[dtype]
     weights = shape.parameters * size
     return [
-        StepMemory("locate", weights, locate_bytes(shape, size, locate), "key/value caches and logits"),
+        StepMemory("locate", weights, locate_bytes(shape, size, locate), "key/value caches and one recomputed layer"),
         StepMemory("train", weights, train_bytes(shape, size, train), "activations and copy-half logits"),
         StepMemory("detect", weights, detect_bytes(shape, size, detect_tokens),
                    f"cache and attention of one {detect_tokens:,}-token prompt"),
