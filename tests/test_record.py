@@ -152,9 +152,11 @@ def test_only_the_record_module_indexes_the_record_by_key():
 
 
 def _without_run_details(data):
-    """A record's JSON without what differs between runs of the same inputs: timings and the source's path."""
+    """A record's JSON without what differs between runs of the same inputs: timings, the source's path and the
+    version of headpatch that wrote it."""
     if isinstance(data, dict):
-        return {k: _without_run_details(v) for k, v in data.items() if k not in ("seconds", "source", "base_model")}
+        return {k: _without_run_details(v) for k, v in data.items()
+                if k not in ("seconds", "source", "base_model", "headpatch_version")}
     if isinstance(data, list):
         return [_without_run_details(v) for v in data]
     return data
