@@ -85,6 +85,12 @@ def kv_bytes_per_token(shape: ModelShape, dtype_bytes: int) -> int:
     return 2 * shape.num_layers * shape.kv_width * dtype_bytes
 
 
+def layer_forward_bytes(shape: ModelShape, dtype_bytes: int, tokens: int) -> int:
+    """One decoder layer's forward temporaries for `tokens` tokens: the MLP's three intermediate tensors and a few
+    hidden-size ones (residual, norm, attention output)."""
+    return tokens * (3 * shape.intermediate_size + 4 * shape.hidden_size) * dtype_bytes
+
+
 def _chunk_sizes(num_heads: int, per_chunk: int) -> set[int]:
     # head_effects keeps one widened cache per distinct chunk size: the full chunks and the remainder
     if num_heads <= per_chunk:
@@ -107,8 +113,7 @@ def locate_bytes(shape: ModelShape, dtype_bytes: int, options: LocateOptions, pr
         per_chunk = max(1, options.max_rows // samples)
         widened = sum(samples * copies * (length - 1) for copies in _chunk_sizes(shape.num_heads, per_chunk))
         rows = samples * min(per_chunk, shape.num_heads)
-        layer = rows * (length * per_token // shape.num_layers
-                        + (3 * shape.intermediate_size + 4 * shape.hidden_size) * dtype_bytes)
+        layer = rows * length * per_token // shape.num_layers + layer_forward_bytes(shape, dtype_bytes, rows)
         logits = samples * shape.vocab_size * (dtype_bytes + 4)
         worst = max(worst, (samples * length + widened) * per_token + layer + logits)
     return worst
@@ -149,7 +154,7 @@ def detect_bytes(shape: ModelShape, dtype_bytes: int, tokens: int = DETECT_TOKEN
     """One prompt's key/value cache, one layer's float32 query-span attention and activations, all heads' results."""
     cache = tokens * kv_bytes_per_token(shape, dtype_bytes)
     attention = 3 * shape.num_heads * query * tokens * 4  # scores, mask added, softmax
-    layer = tokens * (3 * shape.intermediate_size + 4 * shape.hidden_size) * dtype_bytes
+    layer = layer_forward_bytes(shape, dtype_bytes, tokens)
     results = 4 * shape.num_layers * shape.num_heads * tokens * 4  # real and "N/A" query, per layer and stacked
     return cache + attention + layer + results
 
