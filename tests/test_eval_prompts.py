@@ -99,10 +99,23 @@ def test_batched_answers_equal_one_by_one_answers(tokenizer):
 
     model = tiny_model("llama", vocab_size=len(tokenizer))
     prompts = [[1, 907, 4410], [1, 3000, 25, 8000, 12, 77, 40000], [1, 19000, 260, 31]]  # different lengths
-    single = dict(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=1))
-    batched = dict(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=64))
-    assert sorted(single) == [0, 1, 2] and batched == single
-    assert len({single[i] for i in single}) == 3  # different prompts, different answers: rows are not mixed up
+    single = list(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=1))
+    batched = list(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=64))
+    assert [list(batch) for batch in single] == [[0], [2], [1]] and [list(batch) for batch in batched] == [[0, 2, 1]]
+    assert batched[0] == {i: answer for batch in single for i, answer in batch.items()}
+    assert len(set(batched[0].values())) == 3  # different prompts, different answers: rows are not mixed up
+
+
+def test_batches_answered_earlier_are_skipped_and_the_rest_are_the_same_batches(tokenizer):
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    prompts = [[1, 907, 4410], [1, 3000, 25, 8000, 12, 77, 40000], [1, 19000, 260, 31], [1, 55, 66]]
+    every = list(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=8))
+    assert [list(batch) for batch in every] == [[0, 3], [2], [1]]
+    # prompt 3 alone answered: its batch still runs, as the same batch; the batch of 2 alone is skipped
+    rest = list(greedy_answers(model, tokenizer, prompts, 6, batch_tokens=8, answered={2, 3}))
+    assert rest == [every[0], every[2]]
 
 
 def test_batches_group_similar_lengths_within_the_token_budget():

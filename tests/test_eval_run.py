@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
+from headpatch.cli.evaluate import eval_command
 from headpatch.errors import HeadpatchError
 from headpatch.evaluation import run_eval, summary_markdown, write_report
-from headpatch.cli.evaluate import eval_command
+from headpatch.evaluation.saved_answers import AnswerLog, log_path, model_answers
 from headpatch.evaluation.tasks.copy import CopySetting
 from headpatch.evaluation.tasks.mdqa import MdqaSetting
 from headpatch.evaluation.tasks.niah import NiahSetting
@@ -207,3 +209,102 @@ def test_eval_command(checkpoints, tmp_path):
     assert isinstance(refused.exception, HeadpatchError) and "not empty" in str(refused.exception)
     unknown = CliRunner().invoke(app, ["eval", str(checkpoints["patched"]), "-o", str(tmp_path / "x"), "--tasks", "no"])
     assert isinstance(unknown.exception, HeadpatchError)
+
+
+class _Killed(Exception):
+    """Stands in for a kill between two batches."""
+
+
+def _counting_batches(monkeypatch, stop_after=None):
+    """Replace the tasks' generation with one that records each batch it runs, and dies before batch `stop_after`+1."""
+    import headpatch.evaluation.tasks.base as task_base
+    from headpatch.evaluation.generation import greedy_answers as real
+
+    ran = []
+
+    def counted(*args, **kwargs):
+        for batch in real(*args, **kwargs):
+            if stop_after is not None and len(ran) == stop_after:
+                raise _Killed
+            ran.append(batch)
+            yield batch
+
+    monkeypatch.setattr(task_base, "greedy_answers", counted)
+    return ran
+
+
+def test_an_interrupted_eval_resumes_from_its_answer_log_with_the_same_results(results, checkpoints, tmp_path,
+                                                                                monkeypatch):
+    model, tasks = str(checkpoints["patched"]), "niah,mdqa"
+    ran = _counting_batches(monkeypatch)
+    whole = run_eval(model, tasks=tasks, settings=TINY_SETTINGS, show_progress=False,
+                     answer_log=AnswerLog(tmp_path / "whole.jsonl"))
+    batches, answers = len(ran), sum(len(batch) for batch in ran)
+    for name in ("niah", "mdqa"):
+        assert whole["tasks"][name] == results["tasks"][name]  # keeping answers changes nothing
+    assert len(AnswerLog(tmp_path / "whole.jsonl")) == answers  # every answer of both models, one key each
+
+    cut = tmp_path / "cut.jsonl"
+    _counting_batches(monkeypatch, stop_after=3)
+    with pytest.raises(_Killed):
+        run_eval(model, tasks=tasks, settings=TINY_SETTINGS, show_progress=False, answer_log=AnswerLog(cut))
+    with open(cut, "a", encoding="utf-8") as handle:
+        handle.write('{"key": "cut short by the kill", "ans')
+    kept = AnswerLog(cut)
+    assert 0 < kept.resumed < answers
+    ran = _counting_batches(monkeypatch)
+    resumed = run_eval(model, tasks=tasks, settings=TINY_SETTINGS, show_progress=False, answer_log=kept)
+    assert len(ran) == batches - 3  # only what the killed run had not finished
+    for name in ("niah", "mdqa"):
+        assert resumed["tasks"][name] == whole["tasks"][name]
+
+
+def test_answers_are_not_reused_for_another_model_or_setting(checkpoints, tmp_path, monkeypatch):
+    log = AnswerLog(tmp_path / "answers.jsonl")
+    run_eval(str(checkpoints["patched"]), tasks="niah", settings=TINY_SETTINGS, show_progress=False, answer_log=log)
+    ran = _counting_batches(monkeypatch)
+    run_eval(str(checkpoints["plain"]), tasks="niah", settings=TINY_SETTINGS, show_progress=False,
+             answer_log=AnswerLog(log.path))
+    assert ran  # another model's weights: nothing reused
+    ran.clear()
+    longer = {"niah": replace(TINY_SETTINGS["niah"], max_new_tokens=7)}
+    run_eval(str(checkpoints["plain"]), tasks="niah", settings=longer, show_progress=False,
+             answer_log=AnswerLog(log.path))
+    assert ran  # another answer length: nothing reused
+    ran.clear()
+    run_eval(str(checkpoints["plain"]), tasks="niah", settings=longer, show_progress=False,
+             answer_log=AnswerLog(log.path))
+    assert not ran  # the same again: everything reused
+
+
+def test_the_answer_log_is_beside_the_output_made_with_the_first_answer_and_removed_with_the_report(
+        checkpoints, tmp_path):
+    app = typer.Typer()
+    app.command(name="eval")(eval_command)
+    app.command(name="unused")(lambda: None)
+    out = tmp_path / "report"
+    log = log_path(out)
+    assert log == tmp_path / ".report.answers.jsonl"
+    args = ["eval", str(checkpoints["patched"]), "-o", str(out), "--tasks", "niah", "--quick", "-q"]
+    AnswerLog(log).add({"an answer of an interrupted run": "Paris"})
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"resuming: 1 answers on file from an interrupted run ({log})" in result.output
+    assert (out / "results.json").is_file() and not log.exists()
+    AnswerLog(log).add({"another": "Rome"})
+    refused = CliRunner().invoke(app, args)  # the output exists: refused before any work, the log left as it was
+    assert isinstance(refused.exception, HeadpatchError)
+    assert AnswerLog(log).resumed == 1
+    log.unlink()
+    assert CliRunner().invoke(app, [*args, "--overwrite"]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def test_a_model_without_a_weights_hash_keeps_no_answers(tmp_path):
+    log = AnswerLog(tmp_path / "answers.jsonl")
+    assert model_answers(log, None, "float32", "cpu") is None and model_answers(None, "ab", "float32", "cpu") is None
+    one, other = model_answers(log, "ab", "float32", "cpu"), model_answers(log, "ab", "bfloat16", "cpu")
+    assert one.key([1, 2], 32, 4096) == one.key([1, 2], 32, 4096)
+    assert len({one.key([1, 2], 32, 4096), one.key([1, 3], 32, 4096), one.key([1, 2], 31, 4096),
+                one.key([1, 2], 32, 2048), other.key([1, 2], 32, 4096)}) == 5
+    assert not log.path.exists()  # made with the first answer only

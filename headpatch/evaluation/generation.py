@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -53,19 +53,23 @@ def length_batches(prompts: Sequence[list[int]], batch_tokens: int) -> Iterator[
 
 @torch.no_grad()
 def greedy_answers(
-    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_tokens: int
-) -> Iterator[tuple[int, str]]:
-    """(index, answer) for each token-id prompt as its batch finishes: greedy, at most `max_new_tokens` tokens.
+    model: Any, tokenizer: Any, prompts: Sequence[list[int]], max_new_tokens: int, batch_tokens: int,
+    answered: Collection[int] = frozenset(),
+) -> Iterator[dict[int, str]]:
+    """Each batch's answers by prompt index as the batch finishes: greedy, at most `max_new_tokens` tokens.
 
     Prompts of similar length share a left-padded batch of at most `batch_tokens` tokens (a longer prompt goes alone):
     a decoding step reads every weight once whatever the batch size, so batching divides the decoding time, while the
-    budget bounds the padded attention masks of long prompts. Batches depend only on the prompts: results are
-    deterministic.
+    budget bounds the padded attention masks of long prompts. Batches depend only on the prompts, so results are
+    deterministic; a batch whose every prompt is in `answered` (answers kept from an earlier run) is not run, and the
+    others are the same batches as in a run that answers everything.
     """
     stop = _stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop[0] if stop else 0)
     device = input_device(model)
     for chosen in length_batches(prompts, batch_tokens):
+        if all(i in answered for i in chosen):
+            continue
         width = max(len(prompts[i]) for i in chosen)
         ids = torch.full((len(chosen), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -76,6 +80,5 @@ def greedy_answers(
             ids.to(device), attention_mask=mask.to(device), do_sample=False, max_new_tokens=max_new_tokens,
             eos_token_id=stop or None, pad_token_id=pad,
         )
-        for row, i in enumerate(chosen):
-            answer = _until_stop(output[row, width:].tolist(), stop)
-            yield i, tokenizer.decode(answer, skip_special_tokens=True).strip()
+        yield {i: tokenizer.decode(_until_stop(output[row, width:].tolist(), stop), skip_special_tokens=True).strip()
+               for row, i in enumerate(chosen)}

@@ -10,6 +10,7 @@ from typing import Any
 from headpatch._version import library_versions
 from headpatch.evaluation.models import identity, load_reference
 from headpatch.evaluation.registry import TASK_NAMES, TASKS, check_tasks, setting_for
+from headpatch.evaluation.saved_answers import AnswerLog, ModelAnswers, model_answers
 from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped
 from headpatch.loading import LoadedModel, load_model
 from headpatch.stats import paired_change
@@ -20,14 +21,14 @@ COMPARED_ROLES = ("base", "patched")
 ALONE_ROLE = "model"
 
 
-def _run_task(name: str, setting: Any, models: Mapping[str, LoadedModel], seed: int,
-              show_progress: bool) -> tuple[dict[str, Any], dict[str, float]]:
+def _run_task(name: str, setting: Any, models: Mapping[str, LoadedModel], seed: int, show_progress: bool,
+              saved: Mapping[str, ModelAnswers | None]) -> tuple[dict[str, Any], dict[str, float]]:
     """One task on every model: its result (or why it was skipped) and the seconds each model took."""
     results, seconds = {}, {}
     for role, loaded in models.items():
         began = time.perf_counter()
         try:
-            results[role] = TASKS[name].run(loaded, setting, TaskRun(role, models, seed, show_progress))
+            results[role] = TASKS[name].run(loaded, setting, TaskRun(role, models, seed, show_progress, saved[role]))
         except TaskSkipped as skipped:
             return {"setting": asdict(setting), "skipped": str(skipped)}, seconds
         seconds[role] = round(time.perf_counter() - began, 2)
@@ -59,12 +60,14 @@ def _row(metric: Metric, seed: int) -> dict[str, Any]:
 def run_eval(
     model: str, against: str | None = None, tasks: str | Sequence[str] = TASK_NAMES, quick: bool = False,
     seed: int = 0, dtype: str = "float32", device: str = "cpu", show_progress: bool = True,
-    settings: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None, answer_log: AnswerLog | None = None,
 ) -> dict[str, Any]:
     """Evaluate `model` (and the model it is compared with) on `tasks`; plain data, ready for `write_report`.
 
     `against` None compares with the source named in the model's headpatch metadata when that loads, else evaluates
     the model alone; "none" never compares. `settings` replaces the quick/full setting of the tasks it names.
+    `answer_log` keeps generated answers as they come and supplies those an interrupted run with the same models and
+    settings left; the results are the same either way.
     """
     names = check_tasks(tasks)
     chosen = {name: (settings or {}).get(name) or setting_for(name, quick) for name in names}
@@ -72,9 +75,12 @@ def run_eval(
     loaded = load_model(model, dtype, device)
     reference, comparison = load_reference(loaded, against, dtype, device)
     models = dict(zip(COMPARED_ROLES, (reference, loaded))) if reference is not None else {ALONE_ROLE: loaded}
+    identities = {role: identity(m) for role, m in models.items()}
+    saved = {role: model_answers(answer_log, who["weights"]["sha256"], dtype, device)
+             for role, who in identities.items()}
     task_results, seconds, summary = {}, {}, []
     for name in names:
-        task_results[name], seconds[name] = _run_task(name, chosen[name], models, seed, show_progress)
+        task_results[name], seconds[name] = _run_task(name, chosen[name], models, seed, show_progress, saved)
         if "models" in task_results[name]:
             summary += [_row(metric, seed) for metric in TASKS[name].headline(task_results[name]["models"])]
     return {
@@ -83,7 +89,7 @@ def run_eval(
         "run": {"quick": quick, "seed": seed, "dtype": dtype, "device": device, "tasks": names,
                 "settings_replaced": sorted(set(settings or {}) & set(names))},
         "comparison": comparison,
-        "models": {role: identity(m) for role, m in models.items()},
+        "models": identities,
         "summary": summary,
         "tasks": task_results,
         "seconds": {"tasks": seconds, "total": round(time.perf_counter() - began, 2)},

@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from tqdm.auto import tqdm
 
 from headpatch.evaluation.generation import greedy_answers
+from headpatch.evaluation.saved_answers import ModelAnswers
 from headpatch.loading import LoadedModel
 
 
@@ -25,6 +26,7 @@ class TaskRun:
     models: Mapping[str, LoadedModel]
     seed: int
     show_progress: bool
+    saved: ModelAnswers | None = None  # where this model's answers are kept as they come, and found on a rerun
 
     def progress_label(self, task: str) -> str:
         """The progress-bar label of this task on this model."""
@@ -98,10 +100,19 @@ def item_metric(task: str, name: str, results: Results, select: Any, **options: 
 
 def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], setting: Any, run: TaskRun,
                task: str) -> list[str]:
-    """Greedy answers to token-id prompts in input order, with the setting's answer length and batch budget."""
-    answers = [""] * len(prompts)
-    with tqdm(total=len(prompts), desc=run.progress_label(task), unit="prompt", disable=not run.show_progress) as bar:
-        for i, answer in greedy_answers(loaded.model, tokenizer, prompts, setting.max_new_tokens, setting.batch_tokens):
-            answers[i] = answer
-            bar.update()
+    """Greedy answers to token-id prompts in input order, with the setting's answer length and batch budget; answers
+    on file from an interrupted run are reused, and each new batch's answers are filed as it finishes."""
+    saved = run.saved
+    keys = [saved.key(prompt, setting.max_new_tokens, setting.batch_tokens) for prompt in prompts] if saved else []
+    kept = {i: answer for i, key in enumerate(keys) if (answer := saved.log.get(key)) is not None} if saved else {}
+    answers = [kept.get(i, "") for i in range(len(prompts))]
+    with tqdm(total=len(prompts), initial=len(kept), desc=run.progress_label(task), unit="prompt",
+              disable=not run.show_progress) as bar:
+        for batch in greedy_answers(loaded.model, tokenizer, prompts, setting.max_new_tokens, setting.batch_tokens,
+                                    answered=kept):
+            if saved:
+                saved.log.add({keys[i]: answer for i, answer in batch.items()})
+            for i, answer in batch.items():
+                answers[i] = answer
+            bar.update(len(batch))
     return answers
