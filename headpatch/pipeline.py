@@ -150,7 +150,7 @@ def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
             perplexity_change=round(c.guard.perplexity_change, 6), kl=round(c.guard.kl, 6),
             within_guard=c.within_guard) for c in result.candidates),
         chosen_k=result.chosen.k if result.chosen is not None else None, reason=result.reason,
-        seconds=round(result.seconds, 2),
+        seconds=round(result.seconds, 2), skipped=result.skipped,
     )
     if result.chosen is None:
         raise HeadpatchError(f"{result.reason}; force a patch with --k and --steps")

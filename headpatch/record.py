@@ -136,6 +136,7 @@ class Tuning:
     chosen_k: int | None
     reason: str
     seconds: float
+    skipped: tuple[int, ...] = ()  # K values of the ladder not trained: the guard stopped a smaller K short of the best
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from headpatch.options import LocateOptions, TuneOptions
 from headpatch.pear.fold import fold_model
 from headpatch.pear.proxy import copy_batch, copy_scores, sampleable_ids
 from headpatch.pear.scaling import scaled_heads
-from headpatch.pear.tune import Candidate, Guard, Selection, choose, guard_figures, guard_windows, tune
+from headpatch.pear.tune import Candidate, Guard, Selection, choose, guard_figures, guard_windows, ladder_ends, tune
 from headpatch.pipeline import locate_step, tune_step
 from headpatch.record import PatchRecord
 from tests.tiny import TINY_VOCAB, tiny_model
@@ -70,9 +70,24 @@ def test_the_guard_stops_training_and_no_candidate_means_no_patch():
     model = tiny_model("llama")
     strict = dataclasses.replace(QUICK, max_perplexity_increase=0.0, max_kl=0.0)
     result = tune(model, ByteTokenizer(), head_layout(model.config), _ranked(model), strict, show_progress=False)
-    assert [c.stopped for c in result.candidates] == ["damage guard", "damage guard"]
+    assert [c.stopped for c in result.candidates] == ["damage guard"]
     assert all(c.steps == 0 and set(c.coefficients.values()) == {1.0} for c in result.candidates)
+    assert result.skipped == (3,)  # K=1 never beat the base before the guard: the ladder stops climbing
     assert result.chosen is None and "no candidate" in result.reason
+
+
+def _stopped(k, loss, stopped):
+    return dataclasses.replace(_candidate(k, loss), stopped=stopped)
+
+
+def test_the_ladder_stops_after_the_guard_stops_a_candidate_short_of_the_best():
+    base = Selection([3.0], [0.4])
+    assert not ladder_ends([_stopped(5, 2.5, "converged")], base)
+    assert not ladder_ends([_stopped(5, 2.5, "damage guard")], base)  # the guard stopped it, but it beat the base
+    assert ladder_ends([_stopped(5, 3.0, "damage guard")], base)
+    assert not ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.4, "damage guard")], base)
+    assert ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.6, "damage guard")], base)
+    assert not ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.6, "step budget")], base)
 
 
 def test_guard_figures_equal_the_evaluation_metrics_on_a_folded_copy():
@@ -142,6 +157,12 @@ def test_tune_step_records_every_candidate_and_the_card_shows_them(tmp_path):
     card = render_card(record, "tiny")
     assert "How K was chosen" in card and f"Chosen: {tuning.reason}" in card
     assert card.count("| within |") + card.count("| outside |") == len(tuning.candidates)
+    assert "Not trained" not in card and tuning.skipped == ()
+    stopped = dataclasses.replace(tuning, skipped=(5, 9), candidates=(
+        *tuning.candidates[:-1], dataclasses.replace(tuning.candidates[-1], stopped="damage guard", steps_run=8)))
+    shortened = dataclasses.replace(record, pear=dataclasses.replace(record.pear, tuning=stopped))
+    assert PatchRecord.from_text(shortened.to_text()) == shortened
+    assert "Not trained: K=5, 9. The damage guard stopped K=3 at step 8 before" in render_card(shortened, "tiny")
     broken = json.loads(record.to_text())
     broken["pear"]["tuning"]["chosen_k"] = 2
     with pytest.raises(HeadpatchError, match="chosen_k"):

@@ -162,6 +162,11 @@ def _tuning_lines(tuning: Tuning | None) -> list[str]:
         lines.append(f"| {c.k} | {c.steps} / {c.steps_run} | {c.stopped} | {c.heldout_loss:.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] | {c.heldout_accuracy:.3f} | {c.perplexity_change:+.3%} "
                      f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} |")
+    if tuning.skipped:
+        last = tuning.candidates[-1]
+        lines += ["", f"Not trained: K={', '.join(map(str, tuning.skipped))}. The damage guard stopped K={last.k} at "
+                      f"step {last.steps_run} before it beat the best smaller K or the base, and a larger K scales "
+                      "more heads per step, so it meets the guard sooner."]
     return lines + ["", f"Chosen: {tuning.reason}."]
 
 

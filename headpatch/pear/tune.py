@@ -93,6 +93,7 @@ class TuneResult:
     reason: str
     guard_windows: int  # windows of the guard text measured
     seconds: float
+    skipped: tuple[int, ...] = ()  # larger K values of the ladder left untrained, see `ladder_ends`
     before: Evaluation | None = None  # train.evaluate_copy's held-out figures for the base and the chosen candidate
     after: Evaluation | None = None
 
@@ -233,8 +234,9 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
     shared = _Shared(vocab, prefix, select, base, windows, base_log_probs(model, windows))
     ladder = options.ladder_for(len(ranked))
     candidates: list[Candidate] = []
+    skipped: tuple[int, ...] = ()
     with tqdm(total=len(ladder) * options.max_steps, desc="tuning K", unit="step", disable=not show_progress) as bar:
-        for k in ladder:
+        for rung, k in enumerate(ladder):
             trajectory = _train(model, layout, ranked[:k], options, shared, bar)
             bar.update(options.max_steps - trajectory.steps_run)
             step, coefficients, selection, guard = trajectory.kept
@@ -243,14 +245,27 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
                 stopped=trajectory.stopped, selection=selection, guard=guard, within_guard=guard.within(options),
                 improvement=_interval(selection, base), train_losses=trajectory.losses,
             ))
+            if ladder_ends(candidates, base):
+                skipped = ladder[rung + 1:]
+                bar.update(len(skipped) * options.max_steps)
+                break
     chosen, reason = choose(candidates, base, options)
-    result = TuneResult(base, candidates, chosen, reason, len(windows), time.perf_counter() - started)
+    result = TuneResult(base, candidates, chosen, reason, len(windows), time.perf_counter() - started, skipped)
     if chosen is not None:
         check = chosen_training_options(chosen, options)
         result.before = evaluate_copy(model, vocab, prefix, check)
         with scaled_heads(model, layout, chosen.coefficients):
             result.after = evaluate_copy(model, vocab, prefix, check)
     return result
+
+
+def ladder_ends(candidates: Sequence[Candidate], base: Selection) -> bool:
+    """Whether the ladder stops climbing after the last candidate: the damage guard stopped its training before its
+    held-out copy loss beat the best so far (a smaller K's, or the base's). A larger K scales more heads per step and
+    meets the guard sooner (SmolLM2: K=10 at step 30, 20 at step 15, 40 at step 10), so it has even less room."""
+    *smaller, last = candidates
+    best = min([base.loss, *(c.selection.loss for c in smaller)])
+    return last.stopped == "damage guard" and last.selection.loss >= best
 
 
 def chosen_training_options(chosen: Candidate, options: TuneOptions) -> TrainOptions:
