@@ -16,9 +16,11 @@ from headpatch.pear.fold import fold_model
 from headpatch.pear.proxy import copy_batch, copy_scores, sampleable_ids
 from headpatch.pear.scaling import scaled_heads
 from headpatch.pear.tune import Candidate, Guard, Selection, choose, guard_figures, guard_windows, ladder_ends, tune
+from headpatch.pear.upper import lower_states
 from headpatch.pipeline import locate_step, tune_step
 from headpatch.record import PatchRecord
-from tests.tiny import TINY_VOCAB, tiny_model
+from tests.test_architectures import REQUIRED
+from tests.tiny import TINY_VOCAB, tiny_model, windowed_model
 
 # Small enough for the fast tier: two candidates, a few steps each, a lenient guard the tiny model stays inside.
 QUICK = TuneOptions(ladder=(1, 3), max_steps=12, batch_size=4, n=8, lr=0.2, warmup_steps=1, eval_every=4, patience=2,
@@ -200,3 +202,44 @@ def test_tuning_smollm2_lowers_the_heldout_loss_inside_the_guard(smollm2):
         again = guard_figures(model, layout, candidate.coefficients, windows)
         assert (again.perplexity_change, again.kl) == pytest.approx(
             (candidate.guard.perplexity_change, candidate.guard.kl), abs=1e-6)
+
+
+def _fed_and_whole(model):
+    """Selection scores and guard figures with heads scaled from a layer up: run from that layer on its stored input,
+    and as whole forwards."""
+    layout = head_layout(model.config)
+    start = layout.num_layers - 2
+    heads = {(start, 0): 3.0, (start + 1, layout.num_heads - 1): 0.1}
+    batch = copy_batch(sampleable_ids(TINY_VOCAB, None, model.config), 7, 8, 0, "select", [1])
+    windows = guard_windows(ByteTokenizer(), 2)
+    select_lower = lower_states(model, layout, batch.input_ids, start, chunk=3)
+    guard_lower = lower_states(model, layout, windows, start, chunk=1)
+    assert select_lower.layer_input.shape[:2] == batch.input_ids.shape and len(guard_lower.layer_input) == 2
+    base = copy_scores(model, batch, chunk=3)
+    with scaled_heads(model, layout, heads):
+        fed, whole = copy_scores(model, batch, chunk=3, lower=select_lower), copy_scores(model, batch, chunk=3)
+    guards = (guard_figures(model, layout, heads, windows, lower=guard_lower), guard_figures(model, layout, heads, windows))
+    assert whole[0] != pytest.approx(base[0], abs=1e-4) and guards[1].kl > 1e-6  # the scaling changes what is measured
+    return fed, whole, guards
+
+
+@pytest.mark.parametrize("model_type", REQUIRED)
+def test_measuring_from_the_lowest_trained_layer_equals_whole_forwards(model_type):
+    fed, whole, (fed_guard, whole_guard) = _fed_and_whole(tiny_model(model_type))
+    for mine, reference in zip(fed, whole):
+        assert mine == pytest.approx(reference, rel=1e-5, abs=1e-5)
+    assert fed_guard.perplexity_change == pytest.approx(whole_guard.perplexity_change, rel=1e-4, abs=1e-6)
+    assert fed_guard.kl == pytest.approx(whole_guard.kl, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "gemma2", "gemma3_text", "cohere2"])
+def test_measuring_from_a_layer_keeps_each_layers_sliding_window(model_type):
+    fed, whole, (fed_guard, whole_guard) = _fed_and_whole(windowed_model(model_type, window=6))
+    for mine, reference in zip(fed, whole):
+        assert mine == pytest.approx(reference, rel=1e-5, abs=1e-5)
+    assert fed_guard.kl == pytest.approx(whole_guard.kl, rel=1e-4, abs=1e-7)
+
+
+def test_no_stored_states_for_heads_in_the_first_layer():
+    model = tiny_model("llama")
+    assert lower_states(model, head_layout(model.config), torch.ones(2, 5, dtype=torch.long), 0, chunk=1) is None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import zlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from headpatch.pear.upper import LowerStates
 from headpatch.runtime import input_device
 
 # Each purpose draws from its own seed stream, so evaluation never reuses location or training sequences.
@@ -93,15 +95,18 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20) -> tuple[list[float], list[float]]:
+def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20,
+                lower: LowerStates | None = None) -> tuple[list[float], list[float]]:
     """Per sequence: the mean loss over its copyable positions, and the share of them whose top token is the copied
-    one. Their means are copy_loss and copy_accuracy of the batch."""
+    one. Their means are copy_loss and copy_accuracy of the batch. `lower`, the batch's residual stream entering a
+    layer below which the model is unchanged, saves running the layers below it."""
     device = input_device(model)
     losses: list[float] = []
     accuracy: list[float] = []
     for start in range(0, len(batch.input_ids), chunk):
         ids = batch.input_ids[start : start + chunk].to(device)
-        logits = copy_logits(model, ids, batch).float()
+        with lower.feeding(model, slice(start, start + chunk)) if lower is not None else nullcontext():
+            logits = copy_logits(model, ids, batch).float()
         targets = copy_targets(ids, batch)
         losses += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(-1).tolist()
         accuracy += (logits.argmax(-1) == targets).float().mean(-1).tolist()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Sequence
@@ -24,6 +25,7 @@ from headpatch.options import TrainOptions, TuneOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, copy_loss, copy_scores, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
 from headpatch.pear.train import Evaluation, evaluate_copy
+from headpatch.pear.upper import LowerStates, lower_states
 from headpatch.runtime import input_device
 from headpatch.stats import mean_interval
 
@@ -118,15 +120,17 @@ def base_log_probs(model: Any, windows: torch.Tensor) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float], windows: torch.Tensor,
-                  base: list[torch.Tensor] | None = None) -> Guard:
+                  base: list[torch.Tensor] | None = None, lower: LowerStates | None = None) -> Guard:
     """Perplexity change and mean KL(base ‖ patched) of the next-token distributions over the guard windows; `base`,
-    the model's own log-probabilities from base_log_probs, saves recomputing them."""
+    the model's own log-probabilities from base_log_probs, saves recomputing them, and `lower`, the windows' residual
+    stream entering a layer no coefficient is below, running the layers under it."""
     device = input_device(model)
     base = base if base is not None else base_log_probs(model, windows)
     base_loss = patched_loss = kl = 0.0
-    for window, reference in zip(windows.split(1), base):
+    for row, (window, reference) in enumerate(zip(windows.split(1), base)):
         ids = window.to(device)
-        with scaled_heads(model, layout, coefficients):
+        with scaled_heads(model, layout, coefficients), \
+                lower.feeding(model, slice(row, row + 1)) if lower is not None else nullcontext():
             patched = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
         targets = ids[:, 1:, None]
         base_loss -= reference.gather(-1, targets).mean().item()
@@ -136,8 +140,8 @@ def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float
     return Guard(math.exp((patched_loss - base_loss) / count) - 1, kl / count)
 
 
-def _selection(model: Any, batch: CopyBatch) -> Selection:
-    return Selection(*copy_scores(model, batch))
+def _selection(model: Any, batch: CopyBatch, lower: LowerStates | None = None) -> Selection:
+    return Selection(*copy_scores(model, batch, lower=lower))
 
 
 def _interval(candidate: Selection, base: Selection) -> tuple[float, float]:
@@ -177,6 +181,10 @@ def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneO
     (converged), or at `max_steps`. Of the measured coefficients within the guard, those with the lowest held-out
     loss are kept."""
     device = input_device(model)
+    # every measurement reads the same inputs, unchanged below the lowest trained layer: that far, computed once
+    start = min(layer for layer, _ in heads)
+    select_lower = lower_states(model, layout, shared.select.input_ids, start, chunk=20)
+    guard_lower = lower_states(model, layout, shared.windows, start, chunk=1)
     scaling = HeadScaling(heads, layout).attach(model)
     optimizer = torch.optim.Adam([scaling.coefficients], lr=options.lr)
     schedule = _linear_warmup(optimizer, options.warmup_steps)
@@ -195,10 +203,10 @@ def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneO
             bar.update(1)
             if step % options.eval_every and step != options.max_steps:
                 continue
-            figures = _selection(model, shared.select)
+            figures = _selection(model, shared.select, select_lower)
             coefficients = scaling.as_dict()
             scaling.detach()
-            guard = guard_figures(model, layout, coefficients, shared.windows, shared.reference)
+            guard = guard_figures(model, layout, coefficients, shared.windows, shared.reference, guard_lower)
             scaling.attach(model)
             if not guard.within(options):
                 stopped = "damage guard"

@@ -1,11 +1,12 @@
-"""One position through the upper part of a model: the layers below a start layer skipped, frozen attention blocks
-stubbed, and the LM head cut down to one token's logit per row.
+"""The upper part of a model: the layers below a start layer skipped and their output fed in.
 
 Location recomputes only the scored position of copies of a batch that differ from the clean run from one layer
 upward. Everything below that layer is the clean run's, so the clean residual stream is fed in at the start layer; an
-attention block whose output is held at its clean value need not run; and only the copied token's logit is read. The
+attention block whose output is held at its clean value need not run; and only the copied token's logit is read.
+Tuning measures the same fixed inputs (its selection set, its guard text) again and again with heads scaled from
+some layer up: the residual stream entering that layer never changes, so it is computed once (`LowerStates`). The
 modules are swapped for the duration of one forward, so the model's own layer code (norms, residuals, soft-capping,
-logit scaling) still does the rest.
+logit scaling, rotary embeddings, masks) still does the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from headpatch.architectures import HeadLayout
+from headpatch.runtime import input_device
 
 
 class FrozenAttention(torch.nn.Module):
@@ -107,11 +109,68 @@ def _inject(layer_input: torch.Tensor):
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         if args:
             hidden = args[0]
-            return (layer_input[:, None].to(device=hidden.device, dtype=hidden.dtype),) + tuple(args[1:]), kwargs
+            return (layer_input.to(device=hidden.device, dtype=hidden.dtype),) + tuple(args[1:]), kwargs
         hidden = kwargs["hidden_states"]
-        return args, {**kwargs, "hidden_states": layer_input[:, None].to(device=hidden.device, dtype=hidden.dtype)}
+        return args, {**kwargs, "hidden_states": layer_input.to(device=hidden.device, dtype=hidden.dtype)}
 
     return hook
+
+
+@contextmanager
+def from_layer(model: Any, layout: HeadLayout, start: int, layer_input: torch.Tensor) -> Iterator[None]:
+    """While open, `model(...)` runs only layers `start` and up, with `layer_input` ([rows, positions, hidden], the
+    positions of the forward's input ids) as the residual stream entering layer `start`; the embedding still runs, and
+    is discarded, so that masks and positions come from the input ids as usual."""
+    layers = model.get_submodule(layout.layers_name)
+    with ExitStack() as stack:
+        handle = layers[start].register_forward_pre_hook(_inject(layer_input), with_kwargs=True)
+        stack.callback(handle.remove)
+        stack.enter_context(_swapped(model, layout.layers_name, torch.nn.ModuleList(list(layers)[start:])))
+        stack.enter_context(_layer_types_from(model.config, start))
+        yield
+
+
+class _Reached(Exception):
+    """Ends a forward once the layer input it was run for is captured."""
+
+
+@dataclass(frozen=True)
+class LowerStates:
+    """The residual stream entering layer `start` for a fixed batch of input ids, computed once: a forward of those
+    ids that changes nothing below `start` can run from there (`feeding`)."""
+
+    layout: HeadLayout
+    start: int
+    layer_input: torch.Tensor  # [rows, positions, hidden]
+
+    def feeding(self, model: Any, rows: slice) -> Any:
+        """A context in which `model(input_ids=ids[rows])` runs from layer `start`, fed these rows' states."""
+        return from_layer(model, self.layout, self.start, self.layer_input[rows])
+
+
+@torch.no_grad()
+def lower_states(model: Any, layout: HeadLayout, ids: torch.Tensor, start: int, chunk: int) -> LowerStates | None:
+    """The residual stream entering layer `start` for `ids` ([rows, positions]), `chunk` rows per forward, the layers
+    from `start` up not run; None for layer 0, where nothing would be saved."""
+    if start == 0:
+        return None
+    layers = model.get_submodule(layout.layers_name)
+    captured: list[torch.Tensor] = []
+
+    def capture(module: Any, args: tuple, kwargs: dict) -> None:
+        captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+        raise _Reached
+
+    handle = layers[start].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        for first in range(0, len(ids), chunk):
+            try:
+                model(input_ids=ids[first:first + chunk].to(input_device(model)), use_cache=False)
+            except _Reached:
+                pass
+    finally:
+        handle.remove()
+    return LowerStates(layout, start, torch.cat(captured))
 
 
 def _gathered(targets: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -127,14 +186,10 @@ def upper_part(model: Any, layout: HeadLayout, run: UpperRun) -> Iterator[Callab
     """While open, `model(...)` on one position per row computes only layers `run.start` and up, with the frozen
     attention blocks stubbed; the function it yields reads each row's target logit (float32, [rows]) from the
     forward's logits."""
-    layers = model.get_submodule(layout.layers_name)
     with ExitStack() as stack:
         for layer, output in run.frozen.items():
             stack.enter_context(_swapped(model, layout.attention_name(layer), FrozenAttention(output, run.copies)))
-        handle = layers[run.start].register_forward_pre_hook(_inject(run.layer_input), with_kwargs=True)
-        stack.callback(handle.remove)
-        stack.enter_context(_swapped(model, layout.layers_name, torch.nn.ModuleList(list(layers)[run.start:])))
-        stack.enter_context(_layer_types_from(model.config, run.start))
+        stack.enter_context(from_layer(model, layout, run.start, run.layer_input[:, None]))
         head_name = _head_name(model)
         head = model.get_output_embeddings()
         # An offloaded head keeps its weight on the meta device; it then computes the whole vocabulary as usual.
