@@ -377,6 +377,9 @@ def _check(record: PatchRecord) -> None:
         if pear.tuning is not None and pear.tuning.chosen_k is not None and pear.tuning.chosen_k != len(pear.heads):
             raise HeadpatchError(f"pear.tuning.chosen_k is {pear.tuning.chosen_k} but pear.heads lists "
                                  f"{len(pear.heads)}")
+        if pear.tuning is not None and not set(pear.tuning.skipped) <= set(pear.tuning.ladder) - {
+                c.k for c in pear.tuning.candidates}:
+            raise HeadpatchError("pear.tuning.skipped must name K values of the ladder that no candidate trained")
     if record.qrhead is not None:
         qrhead = record.qrhead
         _check_head_list(qrhead.heads, qrhead.detection.k, architecture, "qrhead.heads", "qrhead.detection.k")

@@ -300,11 +300,36 @@ def test_the_answer_log_is_beside_the_output_made_with_the_first_answer_and_remo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
-def test_a_model_without_a_weights_hash_keeps_no_answers(tmp_path):
+def test_the_answer_log_outlives_a_report_that_could_not_be_written(checkpoints, tmp_path, monkeypatch):
+    from headpatch.evaluation import report
+
+    def cannot_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(report, "write_report", cannot_write)
+    app = typer.Typer()
+    app.command(name="eval")(eval_command)
+    app.command(name="unused")(lambda: None)
+    out = tmp_path / "report"
+    failed = CliRunner().invoke(app, ["eval", str(checkpoints["patched"]), "-o", str(out), "--tasks", "niah",
+                                      "--quick", "-q"])
+    assert isinstance(failed.exception, OSError)
+    assert len(AnswerLog(log_path(out))) == 2 * 12  # both models' answers, kept for the next try
+
+
+def test_a_model_without_a_weights_hash_keeps_no_answers_and_keys_name_what_an_answer_depends_on(checkpoints,
+                                                                                                  tmp_path):
+    from headpatch.loading import load_model
+
     log = AnswerLog(tmp_path / "answers.jsonl")
-    assert model_answers(log, None, "float32", "cpu") is None and model_answers(None, "ab", "float32", "cpu") is None
-    one, other = model_answers(log, "ab", "float32", "cpu"), model_answers(log, "ab", "bfloat16", "cpu")
-    assert one.key([1, 2], 32, 4096) == one.key([1, 2], 32, 4096)
-    assert len({one.key([1, 2], 32, 4096), one.key([1, 3], 32, 4096), one.key([1, 2], 31, 4096),
-                one.key([1, 2], 32, 2048), other.key([1, 2], 32, 4096)}) == 5
+    loaded = load_model(str(checkpoints["base"]))
+    assert model_answers(log, loaded, None, "float32") is None and model_answers(None, loaded, "ab", "float32") is None
+    one, other = model_answers(log, loaded, "ab", "float32"), model_answers(log, loaded, "ab", "bfloat16")
+    prompts = [[1, 2], [1, 3], [1, 2]]
+    keys = one.keys(prompts, 32, 4096)
+    assert keys == one.keys(prompts, 32, 4096) and len(set(keys)) == 3  # a repeated prompt has its own place
+    assert not set(keys) & set(one.keys(prompts[:2], 32, 4096))  # another prompt list: other batches
+    assert not set(keys) & {*one.keys(prompts, 31, 4096), *one.keys(prompts, 32, 2048), *other.keys(prompts, 32, 4096)}
+    loaded.model.generation_config.repetition_penalty = 1.3
+    assert not set(keys) & set(model_answers(log, loaded, "ab", "float32").keys(prompts, 32, 4096))
     assert not log.path.exists()  # made with the first answer only

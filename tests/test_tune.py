@@ -42,8 +42,13 @@ class ByteTokenizer:
 
 
 def _ranked(model):
+    """Heads from the last layer and the one below, alternately: K=1 trains from the last layer, K=3 from the one
+    below, so measurements start from different layers."""
     layout = head_layout(model.config)
-    return [(layer, head) for layer in range(layout.num_layers) for head in range(layout.num_heads)][::-1]
+    last, below = layout.num_layers - 1, layout.num_layers - 2
+    pairs = [[(last, head), (below, head)] for head in range(layout.num_heads)][::-1]
+    rest = [(layer, head) for layer in range(below) for head in range(layout.num_heads)]
+    return [head for pair in pairs for head in pair] + rest
 
 
 def test_tuning_trains_each_k_and_keeps_the_lowest_heldout_loss():
@@ -160,11 +165,16 @@ def test_tune_step_records_every_candidate_and_the_card_shows_them(tmp_path):
     assert "How K was chosen" in card and f"Chosen: {tuning.reason}" in card
     assert card.count("| within |") + card.count("| outside |") == len(tuning.candidates)
     assert "Not trained" not in card and tuning.skipped == ()
-    stopped = dataclasses.replace(tuning, skipped=(5, 9), candidates=(
+    stopped = dataclasses.replace(tuning, ladder=(1, 3, 5, 9), skipped=(5, 9), candidates=(
         *tuning.candidates[:-1], dataclasses.replace(tuning.candidates[-1], stopped="damage guard", steps_run=8)))
     shortened = dataclasses.replace(record, pear=dataclasses.replace(record.pear, tuning=stopped))
     assert PatchRecord.from_text(shortened.to_text()) == shortened
     assert "Not trained: K=5, 9. The damage guard stopped K=3 at step 8 before" in render_card(shortened, "tiny")
+    for skipped in ([3], [7]):  # trained, or not on the ladder
+        bad = json.loads(record.to_text())
+        bad["pear"]["tuning"]["skipped"] = skipped
+        with pytest.raises(HeadpatchError, match="pear.tuning.skipped"):
+            PatchRecord.from_json(bad)
     broken = json.loads(record.to_text())
     broken["pear"]["tuning"]["chosen_k"] = 2
     with pytest.raises(HeadpatchError, match="chosen_k"):

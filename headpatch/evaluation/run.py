@@ -76,7 +76,7 @@ def run_eval(
     reference, comparison = load_reference(loaded, against, dtype, device)
     models = dict(zip(COMPARED_ROLES, (reference, loaded))) if reference is not None else {ALONE_ROLE: loaded}
     identities = {role: identity(m) for role, m in models.items()}
-    saved = {role: model_answers(answer_log, who["weights"]["sha256"], dtype, device)
+    saved = {role: model_answers(answer_log, models[role], who["weights"]["sha256"], dtype)
              for role, who in identities.items()}
     task_results, seconds, summary = {}, {}, []
     for name in names:

@@ -1,10 +1,11 @@
 """Greedy answers written down as each batch finishes, so that an interrupted `headpatch eval` resumes where it stopped.
 
 The long tasks (niah and mdqa at the full setting: about an hour per 135M model on a 2-core CPU) spend nearly all
-their time generating answers. Each answer is filed under a digest of everything it depends on: the model's weights,
-dtype and device, the library versions, the answer length, the batch budget and the prompt's token ids. A rerun with
-any of these changed finds nothing to reuse. Batches are still formed from the whole prompt list, and a batch is skipped
-only when every one of its answers is on file, so a resumed run's answers equal an uninterrupted run's.
+their time generating answers. Each answer is filed under a digest of everything it depends on: the model (weight
+files, config, generation config), dtype, device, machine and thread count, the library versions, the answer length,
+the batch budget, and the whole list of prompts with the answer's place in it, since the batch a prompt is padded into
+is formed from that list. A rerun with any of these changed finds nothing to reuse. A batch is skipped only when every
+one of its answers is on file, so a resumed run's answers equal an uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from headpatch._version import library_versions
+from headpatch.loading import LoadedModel
 
 
 def _digest(*parts: object) -> str:
@@ -75,22 +80,33 @@ class AnswerLog:
 
 @dataclass(frozen=True)
 class ModelAnswers:
-    """The log as one model's generation sees it: `model` digests its weights, dtype, device and library versions."""
+    """The log as one model's generation sees it: `model` digests everything about the model and where it runs."""
 
     log: AnswerLog
     model: str
 
-    def key(self, prompt: Sequence[int], max_new_tokens: int, batch_tokens: int) -> str:
-        """Where the answer to `prompt` under these generation settings is filed."""
-        return _digest(self.model, max_new_tokens, batch_tokens, list(prompt))
+    def keys(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_tokens: int) -> list[str]:
+        """Where the answer to each of `prompts`, generated together under these settings, is filed."""
+        listing = _digest([list(prompt) for prompt in prompts])
+        return [_digest(self.model, max_new_tokens, batch_tokens, listing, i) for i in range(len(prompts))]
 
 
-def model_answers(log: AnswerLog | None, weights_sha256: str | None, dtype: str, device: str) -> ModelAnswers | None:
+def _where(device: str) -> list[object]:
+    """The machine a run's numbers come from: kernels and their reduction order depend on it."""
+    accelerator = torch.cuda.get_device_name(device) if device.startswith("cuda") and torch.cuda.is_available() else None
+    return [device, platform.machine(), platform.processor(), torch.get_num_threads(), accelerator]
+
+
+def model_answers(log: AnswerLog | None, loaded: LoadedModel, weights_sha256: str | None,
+                  dtype: str) -> ModelAnswers | None:
     """`log` bound to one model, or None (nothing saved) without a log or when the model's weights have no known
     hash (a model built in memory): answers of a model that cannot be recognised again must not be reused."""
     if log is None or weights_sha256 is None:
         return None
-    return ModelAnswers(log, _digest(weights_sha256, dtype, device, library_versions()))
+    model = loaded.model
+    return ModelAnswers(log, _digest(weights_sha256, model.config.to_json_string(),
+                                     model.generation_config.to_json_string(), dtype, _where(str(model.device)),
+                                     library_versions()))
 
 
 def log_path(output: Path) -> Path:

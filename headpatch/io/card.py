@@ -165,8 +165,8 @@ def _tuning_lines(tuning: Tuning | None) -> list[str]:
     if tuning.skipped:
         last = tuning.candidates[-1]
         lines += ["", f"Not trained: K={', '.join(map(str, tuning.skipped))}. The damage guard stopped K={last.k} at "
-                      f"step {last.steps_run} before it beat the best smaller K or the base, and a larger K scales "
-                      "more heads per step, so it meets the guard sooner."]
+                      f"step {last.steps_run} before it beat the best smaller K or the base, and a larger K, "
+                      "scaling more heads per step, is expected to meet the guard sooner."]
     return lines + ["", f"Chosen: {tuning.reason}."]
 
 

@@ -103,7 +103,7 @@ def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], se
     """Greedy answers to token-id prompts in input order, with the setting's answer length and batch budget; answers
     on file from an interrupted run are reused, and each new batch's answers are filed as it finishes."""
     saved = run.saved
-    keys = [saved.key(prompt, setting.max_new_tokens, setting.batch_tokens) for prompt in prompts] if saved else []
+    keys = saved.keys(prompts, setting.max_new_tokens, setting.batch_tokens) if saved else []
     kept = {i: answer for i, key in enumerate(keys) if (answer := saved.log.get(key)) is not None} if saved else {}
     answers = [kept.get(i, "") for i in range(len(prompts))]
     with tqdm(total=len(prompts), initial=len(kept), desc=run.progress_label(task), unit="prompt",
@@ -112,7 +112,7 @@ def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], se
                                     answered=kept):
             if saved:
                 saved.log.add({keys[i]: answer for i, answer in batch.items()})
+            bar.update(sum(i not in kept for i in batch))  # a batch partly on file is run whole, counted once
             for i, answer in batch.items():
                 answers[i] = answer
-            bar.update(len(batch))
     return answers
