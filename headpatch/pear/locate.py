@@ -16,7 +16,7 @@ from headpatch.architectures import HeadLayout, o_proj_modules
 from headpatch.heads import Head, ranked_heads
 from headpatch.options import LocateOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, sampleable_ids, special_prefix
-from headpatch.pear.upper import UpperRun, upper_part
+from headpatch.pear.upper import UpperRun, layer_hidden, upper_part
 from headpatch.runtime import cache_argument, input_device
 
 
@@ -74,7 +74,7 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
 
     def capture_input(layer: int):
         def hook(module: Any, args: tuple, kwargs: dict) -> None:
-            layer_in[layer] = (args[0] if args else kwargs["hidden_states"])[:, s].clone()
+            layer_in[layer] = layer_hidden(args, kwargs)[:, s].clone()
 
         return hook
 

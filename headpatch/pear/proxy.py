@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import zlib
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from headpatch.pear.upper import LowerStates
+from headpatch.pear.upper import LowerStates, fed_from
 from headpatch.runtime import input_device
 
 # Each purpose draws from its own seed stream, so evaluation never reuses location or training sequences.
@@ -105,7 +104,7 @@ def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20,
     accuracy: list[float] = []
     for start in range(0, len(batch.input_ids), chunk):
         ids = batch.input_ids[start : start + chunk].to(device)
-        with lower.feeding(model, slice(start, start + chunk)) if lower is not None else nullcontext():
+        with fed_from(lower, model, slice(start, start + chunk)):
             logits = copy_logits(model, ids, batch).float()
         targets = copy_targets(ids, batch)
         losses += torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none").mean(-1).tolist()

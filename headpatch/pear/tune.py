@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Sequence
@@ -25,7 +24,7 @@ from headpatch.options import TrainOptions, TuneOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, copy_loss, copy_scores, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
 from headpatch.pear.train import Evaluation, evaluate_copy
-from headpatch.pear.upper import LowerStates, lower_states
+from headpatch.pear.upper import LowerStates, fed_from, lower_states
 from headpatch.runtime import input_device
 from headpatch.stats import mean_interval
 
@@ -129,8 +128,7 @@ def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float
     base_loss = patched_loss = kl = 0.0
     for row, (window, reference) in enumerate(zip(windows.split(1), base)):
         ids = window.to(device)
-        with scaled_heads(model, layout, coefficients), \
-                lower.feeding(model, slice(row, row + 1)) if lower is not None else nullcontext():
+        with scaled_heads(model, layout, coefficients), fed_from(lower, model, slice(row, row + 1)):
             patched = torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
         targets = ids[:, 1:, None]
         base_loss -= reference.gather(-1, targets).mean().item()

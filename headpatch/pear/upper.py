@@ -11,7 +11,7 @@ logit scaling, rotary embeddings, masks) still does the rest.
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -19,6 +19,11 @@ import torch
 
 from headpatch.architectures import HeadLayout
 from headpatch.runtime import input_device
+
+
+def layer_hidden(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The residual stream a decoder layer or its attention block receives, passed positionally or by keyword."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 class FrozenAttention(torch.nn.Module):
@@ -31,7 +36,7 @@ class FrozenAttention(torch.nn.Module):
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
         """Return the frozen output, one row per copy, in the layer's dtype and device; the inputs are not read."""
-        hidden = args[0] if args else kwargs["hidden_states"]
+        hidden = layer_hidden(args, kwargs)
         frozen = self.output.repeat_interleave(self.copies, dim=0)[:, None]
         return frozen.to(device=hidden.device, dtype=hidden.dtype), None
 
@@ -107,11 +112,11 @@ def _head_name(model: Any) -> str | None:
 
 def _inject(layer_input: torch.Tensor):
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = layer_hidden(args, kwargs)
+        replaced = layer_input.to(device=hidden.device, dtype=hidden.dtype)
         if args:
-            hidden = args[0]
-            return (layer_input.to(device=hidden.device, dtype=hidden.dtype),) + tuple(args[1:]), kwargs
-        hidden = kwargs["hidden_states"]
-        return args, {**kwargs, "hidden_states": layer_input.to(device=hidden.device, dtype=hidden.dtype)}
+            return (replaced,) + tuple(args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": replaced}
 
     return hook
 
@@ -148,6 +153,11 @@ class LowerStates:
         return from_layer(model, self.layout, self.start, self.layer_input[rows])
 
 
+def fed_from(lower: LowerStates | None, model: Any, rows: slice) -> Any:
+    """`lower.feeding(model, rows)`, or a context that changes nothing when there are no stored states."""
+    return lower.feeding(model, rows) if lower is not None else nullcontext()
+
+
 @torch.no_grad()
 def lower_states(model: Any, layout: HeadLayout, ids: torch.Tensor, start: int, chunk: int) -> LowerStates | None:
     """The residual stream entering layer `start` for `ids` ([rows, positions]), `chunk` rows per forward, the layers
@@ -158,7 +168,7 @@ def lower_states(model: Any, layout: HeadLayout, ids: torch.Tensor, start: int, 
     captured: list[torch.Tensor] = []
 
     def capture(module: Any, args: tuple, kwargs: dict) -> None:
-        captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+        captured.append(layer_hidden(args, kwargs).detach())
         raise _Reached
 
     handle = layers[start].register_forward_pre_hook(capture, with_kwargs=True)
