@@ -107,12 +107,12 @@ def _run_step(recipe: Any, dtype: str, step: str, argument: str, batch_size: int
         return {"seconds": seconds, "before": before, "peak": _peak()}
     if step == "heldout":
         from headpatch.pear.proxy import sampleable_ids
-        from headpatch.pear.train import evaluate_copy
+        from headpatch.pear.train import check_set, evaluate_copy
 
         vocab = sampleable_ids(model.config.vocab_size, None, model.config)
         before = _reset_peak()
         began = time.perf_counter()
-        evaluate_copy(model, vocab, [model.config.bos_token_id], TrainOptions())
+        evaluate_copy(model, check_set(vocab, [model.config.bos_token_id], TrainOptions()))
         return {"seconds": [time.perf_counter() - began], "before": before, "peak": _peak()}
     if step == "detect":
         from transformers import AutoTokenizer

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
 from headpatch.pear.proxy import PURPOSES, copy_batch, sampleable_ids, seed_for, special_prefix
+from tests.test_architectures import REQUIRED
 
 
 def test_batches_are_reproducible_and_repeat_their_first_half():
@@ -39,11 +41,12 @@ def test_config_special_ids_are_excluded_without_a_tokenizer():
     assert vocab == [3, 4, 5, 6, 8, 9]
 
 
-def test_copy_logits_are_the_full_forward_at_the_copyable_positions():
+@pytest.mark.parametrize("model_type", REQUIRED)
+def test_copy_logits_are_the_full_forward_at_the_copyable_positions(model_type):
     from headpatch.pear.proxy import copy_logits, copy_targets
     from tests.tiny import tiny_model
 
-    model = tiny_model("llama")
+    model = tiny_model(model_type)
     batch = copy_batch(torch.arange(3, 300), 3, 9, 0, "eval", prefix=[1])
     with torch.no_grad():
         full = model(batch.input_ids).logits

@@ -1,9 +1,11 @@
+import pytest
 import torch
 
 from headpatch.architectures import head_layout
 from headpatch.pear.scaling import HeadScaling
 from headpatch.options import TrainOptions
 from headpatch.pear.train import train_coefficients
+from tests.test_architectures import REQUIRED
 from tests.tiny import tiny_model
 
 QUICK = TrainOptions(steps=20, batch_size=8, n=8, lr=5e-2, eval_lengths=(8, 16), eval_samples=16)
@@ -42,3 +44,51 @@ def test_training_is_deterministic():
         model = tiny_model("llama")
         runs.append(train_coefficients(model, None, head_layout(model.config), [(1, 1)], QUICK, show_progress=False))
     assert runs[0].coefficients == runs[1].coefficients
+
+
+def _reference_check(model, check, options):
+    """The check as whole forwards: the loss over the training n's batch at once, accuracy as the hit rate."""
+    from headpatch.pear.proxy import copy_hits, copy_loss, hit_rate
+
+    batch = check.batches[options.n]
+    loss = copy_loss(model, batch.input_ids, batch).item()
+    return loss, {n: hit_rate(*copy_hits(model, check.batches[n])) for n in options.eval_lengths}
+
+
+@pytest.mark.parametrize("model_type", REQUIRED)
+def test_the_check_from_the_lowest_patched_layer_equals_whole_forwards(model_type):
+    from headpatch.pear.proxy import sampleable_ids
+    from headpatch.pear.scaling import scaled_heads
+    from headpatch.pear.train import check_set, checked
+
+    model = tiny_model(model_type)
+    layout = head_layout(model.config)
+    start = layout.num_layers - 2
+    coefficients = {(start, 0): 3.0, (start + 1, layout.num_heads - 1): 0.2}
+    options = TrainOptions(n=8, eval_lengths=(8, 12), eval_samples=6)
+    check = check_set(sampleable_ids(model.config.vocab_size, None, model.config), [1], options)
+    assert sorted(check.batches) == [8, 12]  # the loss batch is the n=8 accuracy batch
+    before, after = checked(model, layout, check, coefficients)
+    with torch.no_grad():
+        reference_before = _reference_check(model, check, options)
+        with scaled_heads(model, layout, coefficients):
+            reference_after = _reference_check(model, check, options)
+    assert after.loss != pytest.approx(before.loss, abs=1e-4)  # the coefficients change what is checked
+    for mine, reference in ((before, reference_before), (after, reference_after)):
+        assert mine.loss == pytest.approx(reference[0], rel=1e-5, abs=1e-6)
+        assert mine.accuracy == pytest.approx(reference[1], abs=1e-9)
+
+
+def test_the_check_scores_a_training_n_outside_the_lengths_and_more_sequences_than_one_forward():
+    from headpatch.pear.proxy import sampleable_ids
+    from headpatch.pear.train import CHECK_CHUNK, check_set, evaluate_copy
+
+    model = tiny_model("llama")
+    options = TrainOptions(n=5, eval_lengths=(9,), eval_samples=CHECK_CHUNK + 7)
+    check = check_set(sampleable_ids(model.config.vocab_size, None, model.config), [1], options)
+    assert sorted(check.batches) == [5, 9] and len(check.batches[9].input_ids) == CHECK_CHUNK + 7
+    result = evaluate_copy(model, check)
+    with torch.no_grad():
+        loss, accuracy = _reference_check(model, check, options)
+    assert list(result.accuracy) == [9]
+    assert result.loss == pytest.approx(loss, rel=1e-5) and result.accuracy[9] == pytest.approx(accuracy[9], abs=1e-9)

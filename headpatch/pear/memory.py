@@ -141,7 +141,7 @@ def train_step_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions,
 
 
 def heldout_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions) -> int:
-    """The held-out copy check: copy_accuracy scores 20 sequences at a time, keeping the logits of their copy half."""
+    """The held-out copy check: evaluate_copy scores 20 sequences at a time, keeping the logits of their copy half."""
     return min(20, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * dtype_bytes
 
 

@@ -78,8 +78,11 @@ def copy_batch(
 
 def copy_logits(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
     """Logits at the copyable positions only; the vocabulary projection of the other positions is skipped."""
-    keep = ids.shape[1] - batch.copy_positions.start
-    return model(input_ids=ids, use_cache=False, logits_to_keep=keep).logits[:, : batch.n - 1]
+    # Positions as a tensor, not a count: indexing gathers them into one contiguous block, which the LM head projects
+    # with a single matrix product; a trailing slice of a batch is a strided view, projected (and back-propagated)
+    # row by row, reading the vocabulary matrix once per sequence (a training step 14% slower on SmolLM2).
+    positions = torch.arange(batch.copy_positions.start, batch.copy_positions.stop, device=ids.device)
+    return model(input_ids=ids, use_cache=False, logits_to_keep=positions).logits
 
 
 def copy_targets(ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
@@ -97,7 +100,7 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
 def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20,
                 lower: LowerStates | None = None) -> tuple[list[float], list[float]]:
     """Per sequence: the mean loss over its copyable positions, and the share of them whose top token is the copied
-    one. Their means are copy_loss and copy_accuracy of the batch. `lower`, the batch's residual stream entering a
+    one. Their means are the batch's copy loss and accuracy. `lower`, the batch's residual stream entering a
     layer below which the model is unchanged, saves running the layers below it."""
     device = input_device(model)
     losses: list[float] = []
@@ -130,7 +133,3 @@ def hit_rate(hits: list[int], positions: int) -> float:
     """The share of all copyable positions hit, from copy_hits' per-sequence counts."""
     return sum(hits) / (positions * len(hits))
 
-
-def copy_accuracy(model: Any, batch: CopyBatch, chunk: int = 20) -> float:
-    """Fraction of copyable positions where the model's top token is the copied one."""
-    return hit_rate(*copy_hits(model, batch, chunk))

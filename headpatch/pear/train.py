@@ -13,8 +13,10 @@ from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
 from headpatch.options import TrainOptions
-from headpatch.pear.proxy import copy_accuracy, copy_batch, copy_loss, sampleable_ids, special_prefix
+from headpatch.pear.proxy import (CopyBatch, copy_batch, copy_logits, copy_loss, copy_targets, sampleable_ids,
+                                  special_prefix)
 from headpatch.pear.scaling import HeadScaling, scaled_heads
+from headpatch.pear.upper import LowerStates, fed_from, lower_states
 from headpatch.runtime import input_device
 
 
@@ -37,18 +39,65 @@ class TrainResult:
     seconds: float
 
 
+CHECK_CHUNK = 20  # sequences per forward
+
+
+@dataclass(frozen=True)
+class CheckSet:
+    """The held-out copy batches of a training check (evaluation seeds only), one per length: the training n's,
+    whose loss is reported, and each evaluation length's, whose accuracy is (one batch when the lengths coincide)."""
+
+    n: int
+    batches: dict[int, CopyBatch]
+    accuracy_lengths: tuple[int, ...]
+
+    def lower(self, model: Any, layout: HeadLayout, start: int) -> dict[int, LowerStates | None]:
+        """Each batch's residual stream entering layer `start`: coefficients from there up leave the layers below
+        unchanged, so the base and the patched check share them."""
+        return {n: lower_states(model, layout, batch.input_ids, start, CHECK_CHUNK) for n, batch in self.batches.items()}
+
+
+def check_set(vocab: torch.Tensor, prefix: list[int], options: TrainOptions) -> CheckSet:
+    """The check's batches for `options` (its n, eval_lengths, eval_samples and seed)."""
+    lengths = sorted({options.n, *options.eval_lengths})
+    batches = {n: copy_batch(vocab, options.eval_samples, n, options.seed, "eval", prefix) for n in lengths}
+    return CheckSet(options.n, batches, tuple(options.eval_lengths))
+
+
 @torch.no_grad()
-def evaluate_copy(model: Any, vocab: torch.Tensor, prefix: list[int], options: TrainOptions) -> Evaluation:
-    """Held-out loss (at the training n) and copy accuracy per length, on evaluation seeds only."""
+def evaluate_copy(model: Any, check: CheckSet, lower: dict[int, LowerStates | None] | None = None) -> Evaluation:
+    """Held-out loss (at the training n) and copy accuracy per length; `lower`, from `check.lower`, runs only the
+    layers above its start."""
     device = input_device(model)
-    batch = copy_batch(vocab, options.eval_samples, options.n, options.seed, "eval", prefix)
-    ids = batch.input_ids.to(device)
-    loss = copy_loss(model, ids, batch).item()
-    accuracy = {
-        n: copy_accuracy(model, copy_batch(vocab, options.eval_samples, n, options.seed, "eval", prefix))
-        for n in options.eval_lengths
-    }
-    return Evaluation(loss, accuracy)
+    loss, accuracy = 0.0, {}
+    for n, batch in check.batches.items():
+        rows = len(batch.input_ids)
+        weighted_loss, hits, positions = 0.0, 0, 0
+        for first in range(0, rows, CHECK_CHUNK):
+            chunk = slice(first, first + CHECK_CHUNK)
+            ids = batch.input_ids[chunk].to(device)
+            with fed_from((lower or {}).get(n), model, chunk):
+                logits = copy_logits(model, ids, batch).float()
+            targets = copy_targets(ids, batch)
+            share = len(ids) / rows
+            weighted_loss += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item() * share
+            hits += int((logits.argmax(-1) == targets).sum())
+            positions += targets.numel()
+        if n == check.n:
+            loss = weighted_loss
+        if n in check.accuracy_lengths:
+            accuracy[n] = hits / positions
+    return Evaluation(loss, {n: accuracy[n] for n in check.accuracy_lengths})
+
+
+def checked(model: Any, layout: HeadLayout, check: CheckSet, coefficients: dict[Head, float]) -> tuple[Evaluation,
+                                                                                                       Evaluation]:
+    """The check for the base and with `coefficients` applied, both run from the lowest patched layer up."""
+    lower = check.lower(model, layout, min(layer for layer, _ in coefficients))
+    before = evaluate_copy(model, check, lower)
+    with scaled_heads(model, layout, coefficients):
+        after = evaluate_copy(model, check, lower)
+    return before, after
 
 
 def train_coefficients(
@@ -65,7 +114,6 @@ def train_coefficients(
     prefix = special_prefix(tokenizer)
     device = input_device(model)
     model.requires_grad_(False)
-    before = evaluate_copy(model, vocab, prefix, options)
     scaling = HeadScaling(heads, layout).attach(model)
     optimizer = torch.optim.AdamW([scaling.coefficients], lr=options.lr, weight_decay=0.0)
     schedule = get_linear_schedule_with_warmup(optimizer, options.warmup_steps, options.steps)
@@ -85,6 +133,5 @@ def train_coefficients(
     finally:
         scaling.detach()
     coefficients = scaling.as_dict()
-    with scaled_heads(model, layout, coefficients):
-        after = evaluate_copy(model, vocab, prefix, options)
+    before, after = checked(model, layout, check_set(vocab, prefix, options), coefficients)
     return TrainResult(coefficients, losses, before, after, time.perf_counter() - started)

@@ -23,7 +23,7 @@ from headpatch.heads import Head
 from headpatch.options import TrainOptions, TuneOptions
 from headpatch.pear.proxy import CopyBatch, copy_batch, copy_loss, copy_scores, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
-from headpatch.pear.train import Evaluation, evaluate_copy
+from headpatch.pear.train import Evaluation, check_set, checked
 from headpatch.pear.upper import LowerStates, fed_from, lower_states
 from headpatch.runtime import input_device
 from headpatch.stats import mean_interval
@@ -258,10 +258,8 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
     chosen, reason = choose(candidates, base, options)
     result = TuneResult(base, candidates, chosen, reason, len(windows), time.perf_counter() - started, skipped)
     if chosen is not None:
-        check = chosen_training_options(chosen, options)
-        result.before = evaluate_copy(model, vocab, prefix, check)
-        with scaled_heads(model, layout, chosen.coefficients):
-            result.after = evaluate_copy(model, vocab, prefix, check)
+        check = check_set(vocab, prefix, chosen_training_options(chosen, options))
+        result.before, result.after = checked(model, layout, check, chosen.coefficients)
     return result
 
 
