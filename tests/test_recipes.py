@@ -106,10 +106,17 @@ def test_cli_defaults_are_the_option_defaults():
     assert with_flags(ExportJob(), _export_defaults()) == ExportJob()
 
 
-@pytest.mark.parametrize("recipe,alias", [("smollm2-135m-instruct", "smollm2-135m"), ("gemma-3-270m", "gemma3-270m")])
-def test_the_demo_recipes_are_the_readme_demos(recipe, alias):
+def _readme_ladder() -> tuple[int, ...]:
+    """The ladder of the README's first command, the CPU demo."""
+    command = re.findall(r"```bash\n(.*?)\n```", (RECIPES_DIR.parent / "README.md").read_text(), flags=re.S)[0]
+    return parse_ladder(re.search(r"--ladder (\S+)", command).group(1))
+
+
+@pytest.mark.parametrize("recipe,alias,flags", [("smollm2-135m-instruct", "smollm2-135m", {"ladder": _readme_ladder()}),
+                                                ("gemma-3-270m", "gemma3-270m", {})])
+def test_the_demo_recipes_are_the_readme_demos(recipe, alias, flags):
     job = load_recipe(RECIPES_DIR / f"{recipe}.yaml").job()
-    assert job == with_flags(ExportJob(), {**_export_defaults(), "model": alias})
+    assert job == with_flags(ExportJob(), {**_export_defaults(), "model": alias, **flags})
 
 
 def test_defaults_of_an_empty_recipe_are_the_cli_defaults(tmp_path):
@@ -267,7 +274,7 @@ def test_plan_of_the_demo_recipe():
     plan = _plan(RECIPES_DIR / "smollm2-135m-instruct.yaml", "./smollm2-135m-pear")
     assert "smollm2-135m" in plan and "float32" in plan
     assert "score all 270 heads on settings 20x50, 40x25, 80x15, 100x10" in plan and "rank them for tuning" in plan
-    assert "K from 5, 10, 20, 40: each trained up to 40 steps of 10 sequences (n=25, Adam lr 0.01)" in plan
+    assert "K from 10, 20, 40: each trained up to 40 steps of 10 sequences (n=25, Adam lr 0.01)" in plan
     assert "-> smollm2-135m-pear" in plan
     fixed = _plan(RECIPES_DIR / "smollm2-135m-instruct.yaml", "./out", tune=None)
     assert "keep the top 10" in fixed and "60 steps of 20 sequences, n=50, AdamW lr 0.005, 2 warm-up steps" in fixed
