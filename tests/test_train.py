@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from headpatch.architectures import head_layout
-from headpatch.pear.scaling import HeadScaling
 from headpatch.options import TrainOptions
+from headpatch.pear.scaling import HeadScaling
 from headpatch.pear.train import train_coefficients
 from tests.test_architectures import REQUIRED
 from tests.tiny import tiny_model

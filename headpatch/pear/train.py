@@ -13,8 +13,15 @@ from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
 from headpatch.options import TrainOptions
-from headpatch.pear.proxy import (CopyBatch, copy_batch, copy_logits, copy_loss, copy_targets, sampleable_ids,
-                                  special_prefix)
+from headpatch.pear.proxy import (
+    CopyBatch,
+    copy_batch,
+    copy_logits,
+    copy_loss,
+    copy_targets,
+    sampleable_ids,
+    special_prefix,
+)
 from headpatch.pear.scaling import HeadScaling, scaled_heads
 from headpatch.pear.upper import LowerStates, fed_from, lower_states
 from headpatch.runtime import input_device
