@@ -35,18 +35,19 @@ def eval_command(
     from headpatch.evaluation.registry import check_tasks
     from headpatch.evaluation.report import RESULTS, summary_markdown, write_report
     from headpatch.evaluation.run import run_eval
-    from headpatch.evaluation.saved_answers import AnswerLog, log_path
+    from headpatch.evaluation.saved_answers import AnswerLog, claimed, log_path
     from headpatch.io.atomic import check_output_dir
 
     show = progress_enabled(quiet)
     names = check_tasks(tasks)
     check_output_dir(output, overwrite, marker=RESULTS)  # before any model work: a full run takes a while
-    log = AnswerLog(log_path(output))
-    if log.resumed:
-        typer.echo(f"resuming: {log.resumed} answers on file from an interrupted run ({log.path}); answers of other "
-                   "models or settings are not reused", err=True)
-    results = run_eval(model, against, names, quick, seed, dtype, device, show_progress=show, answer_log=log)
-    out = write_report(results, output, overwrite)
-    log.remove()
+    with claimed(output):
+        log = AnswerLog(log_path(output))
+        if log.resumed:
+            typer.echo(f"resuming: {log.resumed} answers on file from an interrupted run ({log.path}); answers of "
+                       "other models or settings are not reused", err=True)
+        results = run_eval(model, against, names, quick, seed, dtype, device, show_progress=show, answer_log=log)
+        out = write_report(results, output, overwrite)
+        log.remove()
     typer.echo(summary_markdown(results))
     typer.echo(f"report -> {out}")
