@@ -46,6 +46,7 @@ def test_training_is_deterministic():
     assert runs[0].coefficients == runs[1].coefficients
 
 
+
 def _reference_check(model, check, options):
     """The check as whole forwards: the loss over the training n's batch at once, accuracy as the hit rate."""
     from headpatch.pear.proxy import copy_hits, copy_loss, hit_rate
@@ -57,6 +58,7 @@ def _reference_check(model, check, options):
 
 @pytest.mark.parametrize("model_type", REQUIRED)
 def test_the_check_from_the_lowest_patched_layer_equals_whole_forwards(model_type):
+    from headpatch.pear.memory import SCORING_CHUNK
     from headpatch.pear.proxy import sampleable_ids
     from headpatch.pear.scaling import scaled_heads
     from headpatch.pear.train import check_set, checked
@@ -65,7 +67,8 @@ def test_the_check_from_the_lowest_patched_layer_equals_whole_forwards(model_typ
     layout = head_layout(model.config)
     start = layout.num_layers - 2
     coefficients = {(start, 0): 3.0, (start + 1, layout.num_heads - 1): 0.2}
-    options = TrainOptions(n=8, eval_lengths=(8, 12), eval_samples=6)
+    # more sequences than one forward scores, so the stored states are fed chunk by chunk
+    options = TrainOptions(n=8, eval_lengths=(8, 12), eval_samples=SCORING_CHUNK + 7)
     check = check_set(sampleable_ids(model.config.vocab_size, None, model.config), [1], options)
     assert sorted(check.batches) == [8, 12]  # the loss batch is the n=8 accuracy batch
     before, after = checked(model, layout, check, coefficients)
@@ -73,22 +76,48 @@ def test_the_check_from_the_lowest_patched_layer_equals_whole_forwards(model_typ
         reference_before = _reference_check(model, check, options)
         with scaled_heads(model, layout, coefficients):
             reference_after = _reference_check(model, check, options)
-    assert after.loss != pytest.approx(before.loss, abs=1e-4)  # the coefficients change what is checked
+    assert after.loss != pytest.approx(before.loss, abs=2e-5)  # the coefficients change what is checked
     for mine, reference in ((before, reference_before), (after, reference_after)):
-        assert mine.loss == pytest.approx(reference[0], rel=1e-5, abs=1e-6)
-        assert mine.accuracy == pytest.approx(reference[1], abs=1e-9)
+        assert mine.loss == pytest.approx(reference[0], rel=1e-6, abs=1e-6)
+        assert mine.accuracy == pytest.approx(reference[1], abs=1e-6)
 
 
-def test_the_check_scores_a_training_n_outside_the_lengths_and_more_sequences_than_one_forward():
-    from headpatch.pear.proxy import sampleable_ids
-    from headpatch.pear.train import CHECK_CHUNK, check_set, evaluate_copy
+class _Copier(torch.nn.Module):
+    """Predicts the copied token at every copyable position of even rows and token 0 elsewhere: a known accuracy."""
 
-    model = tiny_model("llama")
-    options = TrainOptions(n=5, eval_lengths=(9,), eval_samples=CHECK_CHUNK + 7)
-    check = check_set(sampleable_ids(model.config.vocab_size, None, model.config), [1], options)
-    assert sorted(check.batches) == [5, 9] and len(check.batches[9].input_ids) == CHECK_CHUNK + 7
-    result = evaluate_copy(model, check)
-    with torch.no_grad():
-        loss, accuracy = _reference_check(model, check, options)
+    def __init__(self, n: int, vocab: int):
+        super().__init__()
+        self.n, self.vocab = n, vocab
+        self.embed = torch.nn.Embedding(vocab, 1)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def forward(self, input_ids, use_cache=False, logits_to_keep=0):
+        from types import SimpleNamespace
+
+        copied = input_ids[:, logits_to_keep + 1 - self.n]
+        copied[1::2] = 0
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(copied, self.vocab).float() * 5)
+
+
+def test_the_check_counts_hits_and_weighs_chunks_by_their_sequences():
+    from headpatch.pear.memory import SCORING_CHUNK
+    from headpatch.pear.train import check_set, evaluate_copy
+
+    rows = SCORING_CHUNK + 7  # a full chunk and a short one
+    options = TrainOptions(n=5, eval_lengths=(9,), eval_samples=rows)
+    vocab = torch.arange(3, 50)
+    check = check_set(vocab, [1], options)
+    assert sorted(check.batches) == [5, 9] and len(check.batches[9].input_ids) == rows
+    copier = _Copier(9, 50)
+    result = evaluate_copy(copier, check)
     assert list(result.accuracy) == [9]
-    assert result.loss == pytest.approx(loss, rel=1e-5) and result.accuracy[9] == pytest.approx(accuracy[9], abs=1e-9)
+    assert result.accuracy[9] == pytest.approx(((rows + 1) // 2) / rows, abs=1e-9)  # the even rows hit everywhere
+    with torch.no_grad():
+        reference = evaluate_copy(_Copier(5, 50), check_set(vocab, [1], TrainOptions(n=5, eval_lengths=(5,),
+                                                                                     eval_samples=rows)))
+        hit, miss = torch.log_softmax(torch.tensor([5.0] + [0.0] * 49), 0)[[0, 1]].tolist()
+    assert reference.accuracy[5] == pytest.approx(((rows + 1) // 2) / rows, abs=1e-9)
+    # the loss at n=5 is the mean over every copyable position: -log p of the hit on even rows, of a miss on odd ones
+    assert reference.loss == pytest.approx(-(hit * ((rows + 1) // 2) + miss * (rows // 2)) / rows, rel=1e-6)

@@ -23,6 +23,9 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto" k
 DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300)
 QUERY_TOKENS = 64  # the query span: instruction, question and assistant header after the documents
 PREFIX_TOKENS = 1  # special tokens in front of a proxy sequence (Llama's BOS)
+# Sequences per forward when scoring without gradients (the check, tuning's selection set): what bounds the logits
+# held at once, which over a large vocabulary dominate the check's memory.
+SCORING_CHUNK = 20
 # Read by PyTorch once, at its first CPU allocation, so it must be in the environment before torch allocates anything.
 ALLOCATOR_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
@@ -140,14 +143,21 @@ def train_step_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions,
     return activations + options.batch_size * options.n * shape.vocab_size * (dtype_bytes + 12)
 
 
-def heldout_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions) -> int:
-    """The held-out copy check: evaluate_copy scores 20 sequences at a time, keeping the logits of their copy half."""
-    return min(20, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * dtype_bytes
+def heldout_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
+    """The held-out copy check: the copy-half logits of SCORING_CHUNK sequences at a time (as the model returns them,
+    in float32, and their log-softmax), and every check sequence's residual stream entering the lowest patched layer,
+    stored once for the base and the patched pass."""
+    float_bytes = 4 if dtype_bytes == 4 else dtype_bytes + 4
+    logits = min(SCORING_CHUNK, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * (float_bytes + 4)
+    lengths = {options.n, *options.eval_lengths}
+    stored = options.eval_samples * sum(prefix + 2 * n for n in lengths) * shape.hidden_size * dtype_bytes
+    return logits + stored
 
 
 def train_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
     """The larger of a training step and the held-out check."""
-    return max(train_step_bytes(shape, dtype_bytes, options, prefix), heldout_bytes(shape, dtype_bytes, options))
+    return max(train_step_bytes(shape, dtype_bytes, options, prefix),
+               heldout_bytes(shape, dtype_bytes, options, prefix))
 
 
 def detect_bytes(shape: ModelShape, dtype_bytes: int, tokens: int = DETECT_TOKENS, query: int = QUERY_TOKENS) -> int:

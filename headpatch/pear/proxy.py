@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from headpatch.pear.memory import SCORING_CHUNK
 from headpatch.pear.upper import LowerStates, fed_from
 from headpatch.runtime import input_device
 
@@ -80,8 +81,10 @@ def copy_logits(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor
     """Logits at the copyable positions only; the vocabulary projection of the other positions is skipped."""
     # Positions as a tensor, not a count: indexing gathers them into one contiguous block, which the LM head projects
     # with a single matrix product; a trailing slice of a batch is a strided view, projected (and back-propagated)
-    # row by row, reading the vocabulary matrix once per sequence (a training step 14% slower on SmolLM2).
-    positions = torch.arange(batch.copy_positions.start, batch.copy_positions.stop, device=ids.device)
+    # row by row, reading the vocabulary matrix once per sequence (a training step 15% slower on SmolLM2). On the
+    # CPU, because the final hidden states may sit on another device than the input ids (layers split over GPUs) and
+    # a CPU index goes to whichever device it indexes.
+    positions = torch.arange(batch.copy_positions.start, batch.copy_positions.stop)
     return model(input_ids=ids, use_cache=False, logits_to_keep=positions).logits
 
 
@@ -97,7 +100,7 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20,
+def copy_scores(model: Any, batch: CopyBatch, chunk: int = SCORING_CHUNK,
                 lower: LowerStates | None = None) -> tuple[list[float], list[float]]:
     """Per sequence: the mean loss over its copyable positions, and the share of them whose top token is the copied
     one. Their means are the batch's copy loss and accuracy. `lower`, the batch's residual stream entering a
@@ -116,7 +119,7 @@ def copy_scores(model: Any, batch: CopyBatch, chunk: int = 20,
 
 
 @torch.no_grad()
-def copy_hits(model: Any, batch: CopyBatch, chunk: int = 20) -> tuple[list[int], int]:
+def copy_hits(model: Any, batch: CopyBatch, chunk: int = SCORING_CHUNK) -> tuple[list[int], int]:
     """For each sequence, how many of its copyable positions get the copied token as the model's top token; and how
     many copyable positions every sequence has."""
     device = input_device(model)
@@ -132,4 +135,3 @@ def copy_hits(model: Any, batch: CopyBatch, chunk: int = 20) -> tuple[list[int],
 def hit_rate(hits: list[int], positions: int) -> float:
     """The share of all copyable positions hit, from copy_hits' per-sequence counts."""
     return sum(hits) / (positions * len(hits))
-

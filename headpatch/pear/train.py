@@ -13,17 +13,17 @@ from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
 from headpatch.options import TrainOptions
+from headpatch.pear.memory import SCORING_CHUNK
 from headpatch.pear.proxy import (
     CopyBatch,
     copy_batch,
-    copy_logits,
     copy_loss,
-    copy_targets,
+    copy_scores,
     sampleable_ids,
     special_prefix,
 )
 from headpatch.pear.scaling import HeadScaling, scaled_heads
-from headpatch.pear.upper import LowerStates, fed_from, lower_states
+from headpatch.pear.upper import LowerStates, lower_states
 from headpatch.runtime import input_device
 
 
@@ -46,9 +46,6 @@ class TrainResult:
     seconds: float
 
 
-CHECK_CHUNK = 20  # sequences per forward
-
-
 @dataclass(frozen=True)
 class CheckSet:
     """The held-out copy batches of a training check (evaluation seeds only), one per length: the training n's,
@@ -61,7 +58,8 @@ class CheckSet:
     def lower(self, model: Any, layout: HeadLayout, start: int) -> dict[int, LowerStates | None]:
         """Each batch's residual stream entering layer `start`: coefficients from there up leave the layers below
         unchanged, so the base and the patched check share them."""
-        return {n: lower_states(model, layout, batch.input_ids, start, CHECK_CHUNK) for n, batch in self.batches.items()}
+        return {n: lower_states(model, layout, batch.input_ids, start, SCORING_CHUNK)
+                for n, batch in self.batches.items()}
 
 
 def check_set(vocab: torch.Tensor, prefix: list[int], options: TrainOptions) -> CheckSet:
@@ -73,32 +71,17 @@ def check_set(vocab: torch.Tensor, prefix: list[int], options: TrainOptions) -> 
 
 @torch.no_grad()
 def evaluate_copy(model: Any, check: CheckSet, lower: dict[int, LowerStates | None] | None = None) -> Evaluation:
-    """Held-out loss (at the training n) and copy accuracy per length; `lower`, from `check.lower`, runs only the
-    layers above its start."""
-    device = input_device(model)
-    loss, accuracy = 0.0, {}
-    for n, batch in check.batches.items():
-        rows = len(batch.input_ids)
-        weighted_loss, hits, positions = 0.0, 0, 0
-        for first in range(0, rows, CHECK_CHUNK):
-            chunk = slice(first, first + CHECK_CHUNK)
-            ids = batch.input_ids[chunk].to(device)
-            with fed_from((lower or {}).get(n), model, chunk):
-                logits = copy_logits(model, ids, batch).float()
-            targets = copy_targets(ids, batch)
-            share = len(ids) / rows
-            weighted_loss += torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).item() * share
-            hits += int((logits.argmax(-1) == targets).sum())
-            positions += targets.numel()
-        if n == check.n:
-            loss = weighted_loss
-        if n in check.accuracy_lengths:
-            accuracy[n] = hits / positions
-    return Evaluation(loss, {n: accuracy[n] for n in check.accuracy_lengths})
+    """Held-out loss (at the training n) and copy accuracy per length, one pass per length; `lower`, from
+    `check.lower`, runs only the layers above its start. Every sequence of a length has as many copyable positions,
+    so the means over sequences are the means over positions."""
+    scores = {n: copy_scores(model, batch, lower=(lower or {}).get(n)) for n, batch in check.batches.items()}
+    losses = scores[check.n][0]
+    return Evaluation(sum(losses) / len(losses),
+                      {n: sum(scores[n][1]) / len(scores[n][1]) for n in check.accuracy_lengths})
 
 
-def checked(model: Any, layout: HeadLayout, check: CheckSet, coefficients: dict[Head, float]) -> tuple[Evaluation,
-                                                                                                       Evaluation]:
+def checked(model: Any, layout: HeadLayout, check: CheckSet,
+            coefficients: dict[Head, float]) -> tuple[Evaluation, Evaluation]:
     """The check for the base and with `coefficients` applied, both run from the lowest patched layer up."""
     lower = check.lower(model, layout, min(layer for layer, _ in coefficients))
     before = evaluate_copy(model, check, lower)

@@ -21,6 +21,7 @@ from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
 from headpatch.options import TrainOptions, TuneOptions
+from headpatch.pear.memory import SCORING_CHUNK
 from headpatch.pear.proxy import CopyBatch, copy_batch, copy_loss, copy_scores, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
 from headpatch.pear.train import Evaluation, check_set, checked
@@ -181,7 +182,7 @@ def _train(model: Any, layout: HeadLayout, heads: Sequence[Head], options: TuneO
     device = input_device(model)
     # every measurement reads the same inputs, unchanged below the lowest trained layer: that far, computed once
     start = min(layer for layer, _ in heads)
-    select_lower = lower_states(model, layout, shared.select.input_ids, start, chunk=20)
+    select_lower = lower_states(model, layout, shared.select.input_ids, start, chunk=SCORING_CHUNK)
     guard_lower = lower_states(model, layout, shared.windows, start, chunk=1)
     scaling = HeadScaling(heads, layout).attach(model)
     optimizer = torch.optim.Adam([scaling.coefficients], lr=options.lr)
