@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from headpatch.cli.evaluate import eval_command
 from headpatch.errors import HeadpatchError
 from headpatch.evaluation import run_eval, summary_markdown, write_report
-from headpatch.evaluation.saved_answers import AnswerLog, claimed, log_path, model_answers
+from headpatch.evaluation.saved_answers import AnswerLog, log_path, model_answers
+from headpatch.io.lock import claimed
 from headpatch.evaluation.tasks.copy import CopySetting
 from headpatch.evaluation.tasks.mdqa import MdqaSetting
 from headpatch.evaluation.tasks.niah import NiahSetting
@@ -345,49 +346,15 @@ def _eval_app() -> typer.Typer:
 def test_a_second_eval_to_the_same_output_is_refused_at_once_and_a_stale_lock_does_not_block(checkpoints, tmp_path):
     out = tmp_path / "report"
     args = ["eval", str(checkpoints["patched"]), "-o", str(out), "--tasks", "niah", "--quick", "-q"]
-    lock = tmp_path / ".report.eval.lock"
+    lock = tmp_path / ".report.lock"
     with claimed(out):  # another run, mid-way
         assert lock.is_file()
         refused = CliRunner().invoke(_eval_app(), args)
         assert isinstance(refused.exception, HeadpatchError)
-        assert f"another headpatch eval is writing {out}" in str(refused.exception)
+        assert f"another run is writing {out}" in str(refused.exception)
         assert sorted(p.name for p in tmp_path.iterdir()) == [lock.name]  # no log, no report; the lock is the other's
     assert not lock.exists()
     lock.write_text("")  # left by a run that was killed: nobody holds it
     assert CliRunner().invoke(_eval_app(), args).exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
-
-def test_the_lock_leaves_no_directory_it_made_for_a_run_that_wrote_nothing(tmp_path):
-    with claimed(tmp_path / "a" / "b" / "report"):
-        assert (tmp_path / "a" / "b" / ".report.eval.lock").is_file()
-    assert list(tmp_path.iterdir()) == []
-    with claimed(tmp_path / "a" / "b" / "report"):
-        (tmp_path / "a" / "kept.txt").write_text("written by the run")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "kept.txt"]
-
-
-@pytest.mark.slow  # a separate process, killed while it holds the lock
-def test_a_killed_eval_releases_its_lock(tmp_path):
-    import signal
-    import subprocess
-    import sys
-
-    out = tmp_path / "report"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from headpatch.evaluation.saved_answers import claimed\n"
-         f"with claimed(Path({str(out)!r})):\n    print('held', flush=True); time.sleep(600)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(HeadpatchError, match="another headpatch eval"):
-            with claimed(out):
-                pass
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-    assert (tmp_path / ".report.eval.lock").exists()  # left behind by the kill, but no longer held
-    with claimed(out):
-        pass
-    assert not (tmp_path / ".report.eval.lock").exists()

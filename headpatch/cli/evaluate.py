@@ -35,13 +35,15 @@ def eval_command(
     from headpatch.evaluation.registry import check_tasks
     from headpatch.evaluation.report import RESULTS, summary_markdown, write_report
     from headpatch.evaluation.run import run_eval
-    from headpatch.evaluation.saved_answers import AnswerLog, claimed, log_path
+    from headpatch.evaluation.saved_answers import AnswerLog, log_path
     from headpatch.io.atomic import check_output_dir
+    from headpatch.io.lock import claimed
 
     show = progress_enabled(quiet)
     names = check_tasks(tasks)
     check_output_dir(output, overwrite, marker=RESULTS)  # before any model work: a full run takes a while
     with claimed(output):
+        check_output_dir(output, overwrite, marker=RESULTS)  # again: a run that held the lock may have written it
         log = AnswerLog(log_path(output))
         if log.resumed:
             typer.echo(f"resuming: {log.resumed} answers on file from an interrupted run ({log.path}); answers of "

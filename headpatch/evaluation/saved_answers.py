@@ -10,20 +10,17 @@ one of its answers is on file, so a resumed run's answers equal an uninterrupted
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from headpatch._version import library_versions
-from headpatch.errors import HeadpatchError
 from headpatch.loading import LoadedModel
 
 
@@ -118,46 +115,3 @@ def log_path(output: Path) -> Path:
     output = output.resolve()
     return output.parent / f".{output.name}.answers.jsonl"
 
-
-def _made_parents(directory: Path) -> list[Path]:
-    """Create `directory` and any missing parents; return those created, innermost first."""
-    missing = [path for path in (directory, *directory.parents) if not path.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    return missing
-
-
-@contextmanager
-def claimed(output: Path) -> Iterator[None]:
-    """Held while `headpatch eval -o OUTPUT` runs. A second run to the same output is refused at once, instead of
-    generating for hours beside the first, losing its answers when the first deletes the shared log, and then finding
-    the report directory already written. The lock (an flock, released by the system if the process dies) is on a
-    hidden file beside OUTPUT, removed on the way out with any parent directory this created and nothing filled."""
-    output = output.resolve()
-    path = output.parent / f".{output.name}.eval.lock"
-    made = _made_parents(output.parent)
-    try:
-        while True:
-            handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 (held until the run ends)
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                raise HeadpatchError(f"another headpatch eval is writing {output} (it holds {path}); wait for it "
-                                     "to finish or choose another output directory") from None
-            try:
-                if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            handle.close()  # the run that held it removed the file meanwhile: lock the one now at `path`
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-            handle.close()
-    finally:
-        for directory in made:
-            try:
-                directory.rmdir()
-            except OSError:  # not empty: the run wrote something there
-                break
