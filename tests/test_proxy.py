@@ -54,3 +54,22 @@ def test_copy_logits_are_the_full_forward_at_the_copyable_positions(model_type):
     assert kept.shape[1] == batch.n - 1
     torch.testing.assert_close(kept, full[:, batch.copy_positions], atol=1e-5, rtol=0)
     assert torch.equal(copy_targets(batch.input_ids, batch), batch.input_ids[:, 1 + 9 + 1:])
+
+
+
+def test_copy_positions_go_to_the_model_on_the_cpu_whatever_device_the_ids_are_on():
+    """Layers split over GPUs leave the final hidden states on another device than the input ids; a CPU index tensor
+    indexes a tensor on any device, one on the ids' device would not."""
+    from types import SimpleNamespace
+
+    from headpatch.pear.proxy import copy_logits
+
+    seen = []
+
+    def model(input_ids, use_cache, logits_to_keep):
+        seen.append(logits_to_keep)
+        return SimpleNamespace(logits=None)
+
+    batch = copy_batch(torch.arange(3, 300), 2, 6, 0, "eval", prefix=[1])
+    copy_logits(model, batch.input_ids.to("meta"), batch)  # ids on a device other than the CPU
+    assert seen[0].device.type == "cpu" and seen[0].tolist() == list(range(7, 12))
