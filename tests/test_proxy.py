@@ -73,3 +73,33 @@ def test_copy_positions_go_to_the_model_on_the_cpu_whatever_device_the_ids_are_o
     batch = copy_batch(torch.arange(3, 300), 2, 6, 0, "eval", prefix=[1])
     copy_logits(model, batch.input_ids.to("meta"), batch)  # ids on a device other than the CPU
     assert seen[0].device.type == "cpu" and seen[0].tolist() == list(range(7, 12))
+
+
+def test_scoring_chunks_keep_their_logits_within_the_budget():
+    from headpatch.pear.memory import SCORING_BYTES, SCORING_CHUNK, scoring_chunk
+
+    assert scoring_chunk(24, 49_152) == SCORING_CHUNK  # SmolLM2's selection set: twenty sequences at once
+    assert scoring_chunk(199, 262_144) == 2  # Gemma-3's n=200 check: 420 MB of float32 logits and log-softmax each
+    assert scoring_chunk(4_000, 262_144) == 1  # one sequence, even past the budget
+    for positions, vocab in ((199, 262_144), (99, 128_256), (199, 49_152)):
+        chunk = scoring_chunk(positions, vocab)
+        assert chunk * positions * vocab * 8 <= SCORING_BYTES < (chunk + 1) * positions * vocab * 8
+
+
+def test_copy_scores_and_hits_do_not_depend_on_how_many_sequences_a_forward_holds(monkeypatch):
+    from headpatch.pear import memory
+    from headpatch.pear.proxy import copy_hits, copy_scores
+    from tests.tiny import tiny_model
+
+    model = tiny_model("llama")
+    batch = copy_batch(torch.arange(3, model.config.vocab_size), 7, 9, 0, "eval", prefix=[1])
+    forwards = []
+    model.register_forward_hook(lambda module, args, output: forwards.append(1))
+    whole = copy_scores(model, batch, chunk=7), copy_hits(model, batch, chunk=7)
+    assert len(forwards) == 2
+    # a budget of three sequences' logits (8 positions, float32 and log-softmax)
+    monkeypatch.setattr(memory, "SCORING_BYTES", 3 * 8 * model.config.vocab_size * 8)
+    chunked = copy_scores(model, batch), copy_hits(model, batch)
+    assert len(forwards) == 2 + 3 + 3  # 3 + 3 + 1 sequences, for the scores and for the hits
+    assert chunked[0][0] == pytest.approx(whole[0][0], abs=1e-6)
+    assert chunked[0][1] == whole[0][1] and chunked[1] == whole[1]

@@ -89,9 +89,13 @@ class _Copier(torch.nn.Module):
         super().__init__()
         self.n, self.vocab = n, vocab
         self.embed = torch.nn.Embedding(vocab, 1)
+        self.head = torch.nn.Linear(1, vocab, bias=False)  # the scoring chunk is sized from its vocabulary
 
     def get_input_embeddings(self):
         return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
 
     def forward(self, input_ids, use_cache=False, logits_to_keep=0):
         from types import SimpleNamespace

@@ -23,9 +23,12 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto" k
 DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300)
 QUERY_TOKENS = 64  # the query span: instruction, question and assistant header after the documents
 PREFIX_TOKENS = 1  # special tokens in front of a proxy sequence (Llama's BOS)
-# Sequences per forward when scoring without gradients (the check, tuning's selection set): what bounds the logits
-# held at once, which over a large vocabulary dominate the check's memory.
+# Sequences per forward when scoring without gradients (the check, tuning's selection set, eval's copy task): at most
+# SCORING_CHUNK, and no more than keep their float32 logits and log-softmax within SCORING_BYTES. Over a large
+# vocabulary these dominate: Gemma-3-270M's 262k tokens take 420 MB per sequence of n=200, so twenty at once held
+# 8.4 GB and the check, not training, set the export's peak.
 SCORING_CHUNK = 20
+SCORING_BYTES = 1 << 30
 # Read by PyTorch once, at its first CPU allocation, so it must be in the environment before torch allocates anything.
 ALLOCATOR_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
@@ -143,12 +146,19 @@ def train_step_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions,
     return activations + options.batch_size * options.n * shape.vocab_size * (dtype_bytes + 12)
 
 
+def scoring_chunk(positions: int, vocab_size: int) -> int:
+    """Sequences per scoring forward when each has `positions` scored positions over `vocab_size` tokens."""
+    return max(1, min(SCORING_CHUNK, SCORING_BYTES // (positions * vocab_size * 8)))
+
+
 def heldout_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
-    """The held-out copy check: the copy-half logits of SCORING_CHUNK sequences at a time (as the model returns them,
-    in float32, and their log-softmax), and every check sequence's residual stream entering the lowest patched layer,
-    stored once for the base and the patched pass."""
+    """The held-out copy check: the copy-half logits of a scoring chunk of sequences (as the model returns them, in
+    float32, and their log-softmax) at the longest length, and every check sequence's residual stream entering the
+    lowest patched layer, stored once for the base and the patched pass."""
     float_bytes = 4 if dtype_bytes == 4 else dtype_bytes + 4
-    logits = min(SCORING_CHUNK, options.eval_samples) * max(options.eval_lengths) * shape.vocab_size * (float_bytes + 4)
+    positions = max(options.eval_lengths) - 1
+    sequences = min(scoring_chunk(positions, shape.vocab_size), options.eval_samples)
+    logits = sequences * positions * shape.vocab_size * (float_bytes + 4)
     lengths = {options.n, *options.eval_lengths}
     stored = options.eval_samples * sum(prefix + 2 * n for n in lengths) * shape.hidden_size * dtype_bytes
     return logits + stored

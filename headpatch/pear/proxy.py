@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from headpatch.pear.memory import SCORING_CHUNK
+from headpatch.pear.memory import scoring_chunk
 from headpatch.pear.upper import LowerStates, fed_from
 from headpatch.runtime import input_device
 
@@ -99,13 +99,19 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), copy_targets(ids, batch).flatten())
 
 
+def _scoring_chunk(model: Any, batch: CopyBatch) -> int:
+    return scoring_chunk(batch.n - 1, model.get_output_embeddings().weight.shape[0])
+
+
 @torch.no_grad()
-def copy_scores(model: Any, batch: CopyBatch, chunk: int = SCORING_CHUNK,
+def copy_scores(model: Any, batch: CopyBatch, chunk: int | None = None,
                 lower: LowerStates | None = None) -> tuple[list[float], list[float]]:
     """Per sequence: the mean loss over its copyable positions, and the share of them whose top token is the copied
-    one. Their means are the batch's copy loss and accuracy. `lower`, the batch's residual stream entering a
-    layer below which the model is unchanged, saves running the layers below it."""
+    one. Their means are the batch's copy loss and accuracy. `chunk` sequences per forward (default: as many as
+    the scoring memory budget holds); `lower`, the batch's residual stream entering a layer below which the model is
+    unchanged, saves running the layers below it."""
     device = input_device(model)
+    chunk = chunk or _scoring_chunk(model, batch)
     losses: list[float] = []
     accuracy: list[float] = []
     for start in range(0, len(batch.input_ids), chunk):
@@ -122,10 +128,11 @@ def copy_scores(model: Any, batch: CopyBatch, chunk: int = SCORING_CHUNK,
 
 
 @torch.no_grad()
-def copy_hits(model: Any, batch: CopyBatch, chunk: int = SCORING_CHUNK) -> tuple[list[int], int]:
+def copy_hits(model: Any, batch: CopyBatch, chunk: int | None = None) -> tuple[list[int], int]:
     """For each sequence, how many of its copyable positions get the copied token as the model's top token; and how
-    many copyable positions every sequence has."""
+    many copyable positions every sequence has. `chunk` as in copy_scores."""
     device = input_device(model)
+    chunk = chunk or _scoring_chunk(model, batch)
     hits, positions = [], 0
     for start in range(0, len(batch.input_ids), chunk):
         ids = batch.input_ids[start : start + chunk].to(device)
