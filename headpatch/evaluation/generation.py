@@ -26,6 +26,15 @@ def prompt_ids(tokenizer: Any, content: str) -> list[int]:
     return list(tokenizer(f"{content}\nAnswer:", add_special_tokens=True)["input_ids"])
 
 
+def answer_in(tokenizer: Any, continuation: str) -> str:
+    """The answer a greedy continuation gives. A chat model ends its turn, so the whole turn; after a plain-text
+    prompt ending in 'Answer:' a pretrained model goes on writing lines of its own (further 'Answer: …' lines, new
+    questions), so its first non-empty line, where a few-shot harness would stop generating at the newline."""
+    if uses_chat_template(tokenizer):
+        return continuation
+    return next((line.strip() for line in continuation.splitlines() if line.strip()), "")
+
+
 def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])

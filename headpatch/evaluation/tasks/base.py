@@ -9,7 +9,7 @@ from typing import Any, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
-from headpatch.evaluation.generation import greedy_answers
+from headpatch.evaluation.generation import answer_in, greedy_answers
 from headpatch.evaluation.saved_answers import ModelAnswers
 from headpatch.loading import LoadedModel
 
@@ -100,7 +100,8 @@ def item_metric(task: str, name: str, results: Results, select: Any, **options: 
 def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], setting: Any, run: TaskRun,
                task: str) -> list[str]:
     """Greedy answers to token-id prompts in input order, with the setting's answer length and batch budget; answers
-    on file from an interrupted run are reused, and each new batch's answers are filed as it finishes."""
+    on file from an interrupted run are reused, and each new batch's answers are filed as it finishes. The file keeps
+    whole continuations; what is returned is the answer each gives (`answer_in`)."""
     saved = run.saved
     keys = saved.keys(prompts, setting.max_new_tokens, setting.batch_tokens) if saved else []
     kept = {i: answer for i, key in enumerate(keys) if (answer := saved.log.get(key)) is not None} if saved else {}
@@ -114,4 +115,4 @@ def answer_all(loaded: LoadedModel, tokenizer: Any, prompts: list[list[int]], se
             bar.update(sum(i not in kept for i in batch))  # a batch partly on file is run whole, counted once
             for i, answer in batch.items():
                 answers[i] = answer
-    return answers
+    return [answer_in(tokenizer, answer) for answer in answers]
