@@ -124,35 +124,38 @@ def test_batches_group_similar_lengths_within_the_token_budget():
     assert list(length_batches(prompts, 6)) == [[1, 2], [0], [3], [4]]  # a prompt over the budget goes alone
 
 
-def test_a_plain_text_answer_is_its_first_line_and_a_chat_answer_the_whole_turn(tokenizer):
+def test_a_plain_text_answer_is_its_first_line_and_a_chat_answer_the_whole_turn():
+    from types import SimpleNamespace
+
     from headpatch.evaluation.generation import answer_in
 
-    plain = stdlib_copy.deepcopy(tokenizer)
-    plain.chat_template = None
+    plain, chat = SimpleNamespace(chat_template=None), SimpleNamespace(chat_template="{{ messages }}")
     # what pretrained Gemma-3-270M wrote after 'Answer:': the document's answer, then more of its own
     ramble = "Mars.\nAnswer: Venus.\nAnswer: Earth.\nAnswer: Jupiter.\nAnswer:"
     assert answer_in(plain, ramble) == "Mars."
     assert answer_in(plain, " \n\n The Nile. \nQuestion: what else?") == "The Nile."
     assert answer_in(plain, "") == answer_in(plain, "\n \n") == ""
-    assert answer_in(tokenizer, ramble) == ramble
+    assert answer_in(chat, ramble) == ramble
 
 
-def test_tasks_score_the_answer_and_the_log_keeps_the_whole_continuation(tokenizer, tmp_path):
+@pytest.mark.parametrize("chat_template, expected", [(None, ["Mars.", "The Nile."]),
+                                                     ("{{ messages }}", ["Mars.\nAnswer: Jupiter.",
+                                                                         "\nThe Nile.\nAnswer: The Amazon."])])
+def test_tasks_score_the_answer_and_the_log_files_the_whole_continuation(chat_template, expected, tmp_path,
+                                                                        monkeypatch):
+    from types import SimpleNamespace
+
     from headpatch.evaluation.saved_answers import AnswerLog, ModelAnswers
-    from headpatch.evaluation.tasks.base import TaskRun, answer_all
+    from headpatch.evaluation.tasks import base as task_base
     from headpatch.loading import LoadedModel
-    from tests.tiny import tiny_model
 
-    plain = stdlib_copy.deepcopy(tokenizer)
-    plain.chat_template = None
-    model = tiny_model("llama", vocab_size=len(tokenizer))
+    continuations = ["Mars.\nAnswer: Jupiter.", "\nThe Nile.\nAnswer: The Amazon."]
+    monkeypatch.setattr(task_base, "greedy_answers", lambda *args, **kwargs: iter([dict(enumerate(continuations))]))
+    tokenizer = SimpleNamespace(chat_template=chat_template)
     prompts = [[1, 907, 4410], [1, 3000, 25]]
     setting = MdqaSetting(passages=2, passage_words=10, facts=1, max_new_tokens=6, batch_tokens=64)
-    continuations = ["Mars.\nAnswer: Jupiter.", "\nThe Nile.\nAnswer: The Amazon."]
-    for chat, expected in ((tokenizer, continuations), (plain, ["Mars.", "The Nile."])):
-        saved = ModelAnswers(AnswerLog(tmp_path / "answers.jsonl"), "model digest")
-        keys = saved.keys(prompts, setting.max_new_tokens, setting.batch_tokens)
-        saved.log.add(dict(zip(keys, continuations)))  # on file: nothing is generated
-        run = TaskRun("base", {}, 0, False, saved)
-        assert answer_all(LoadedModel(model, chat, None), chat, prompts, setting, run, "mdqa") == expected
-        assert [saved.log.get(key) for key in keys] == continuations
+    saved = ModelAnswers(AnswerLog(tmp_path / "answers.jsonl"), "model digest")
+    run = task_base.TaskRun("base", {}, 0, False, saved)
+    assert task_base.answer_all(LoadedModel(None, tokenizer, None), tokenizer, prompts, setting, run, "mdqa") == expected
+    filed = AnswerLog(tmp_path / "answers.jsonl")  # read back from the file
+    assert [filed.get(key) for key in saved.keys(prompts, 6, 64)] == continuations

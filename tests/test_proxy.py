@@ -79,7 +79,7 @@ def test_scoring_chunks_keep_their_logits_within_the_budget():
     from headpatch.pear.memory import SCORING_BYTES, SCORING_CHUNK, scoring_chunk
 
     assert scoring_chunk(24, 49_152) == SCORING_CHUNK  # SmolLM2's selection set: twenty sequences at once
-    assert scoring_chunk(199, 262_144) == 2  # Gemma-3's n=200 check: 420 MB of float32 logits and log-softmax each
+    assert scoring_chunk(199, 262_144) == 2  # Gemma-3's n=200 check: 420 MB a sequence, float32 logits and log-softmax
     assert scoring_chunk(4_000, 262_144) == 1  # one sequence, even past the budget
     for positions, vocab in ((199, 262_144), (99, 128_256), (199, 49_152)):
         chunk = scoring_chunk(positions, vocab)
@@ -103,3 +103,18 @@ def test_copy_scores_and_hits_do_not_depend_on_how_many_sequences_a_forward_hold
     assert len(forwards) == 2 + 3 + 3  # 3 + 3 + 1 sequences, for the scores and for the hits
     assert chunked[0][0] == pytest.approx(whole[0][0], abs=1e-6)
     assert chunked[0][1] == whole[0][1] and chunked[1] == whole[1]
+
+
+def test_the_check_memory_estimate_covers_the_chunk_of_every_length():
+    from headpatch.options import TrainOptions
+    from headpatch.pear.memory import ModelShape, heldout_bytes, scoring_chunk
+
+    gemma3 = ModelShape(parameters=268_098_176, num_layers=18, num_heads=4, num_kv_heads=1, head_dim=256,
+                        hidden_size=640, intermediate_size=2048, vocab_size=262_144)
+    options = TrainOptions()
+    estimate = heldout_bytes(gemma3, 4, options)
+    # n=100 holds the most (5 sequences, 1.04 GB), not the longest length (2 sequences of n=200, 0.83 GB)
+    held = {n: min(scoring_chunk(n - 1, gemma3.vocab_size), options.eval_samples) * (n - 1) * gemma3.vocab_size * 8
+            for n in {options.n, *options.eval_lengths}}
+    assert max(held, key=held.get) == 100
+    assert max(held.values()) <= estimate <= max(held.values()) + 50_000_000  # plus the stored states, 39 MB

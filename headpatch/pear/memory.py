@@ -24,9 +24,10 @@ DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300
 QUERY_TOKENS = 64  # the query span: instruction, question and assistant header after the documents
 PREFIX_TOKENS = 1  # special tokens in front of a proxy sequence (Llama's BOS)
 # Sequences per forward when scoring without gradients (the check, tuning's selection set, eval's copy task): at most
-# SCORING_CHUNK, and no more than keep their float32 logits and log-softmax within SCORING_BYTES. Over a large
-# vocabulary these dominate: Gemma-3-270M's 262k tokens take 420 MB per sequence of n=200, so twenty at once held
-# 8.4 GB and the check, not training, set the export's peak.
+# SCORING_CHUNK, and no more than keep their float32 logits and log-softmax within SCORING_BYTES (a 16-bit model's
+# own logits add a quarter; one sequence goes alone even past the budget). Over a large vocabulary these dominate:
+# Gemma-3-270M's 262k tokens take 420 MB per sequence of n=200, so twenty at once held 8.4 GB and the check, not
+# training, set the export's peak.
 SCORING_CHUNK = 20
 SCORING_BYTES = 1 << 30
 # Read by PyTorch once, at its first CPU allocation, so it must be in the environment before torch allocates anything.
@@ -148,18 +149,17 @@ def train_step_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions,
 
 def scoring_chunk(positions: int, vocab_size: int) -> int:
     """Sequences per scoring forward when each has `positions` scored positions over `vocab_size` tokens."""
-    return max(1, min(SCORING_CHUNK, SCORING_BYTES // (positions * vocab_size * 8)))
+    return max(1, min(SCORING_CHUNK, SCORING_BYTES // (max(1, positions) * vocab_size * 8)))
 
 
 def heldout_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, prefix: int = PREFIX_TOKENS) -> int:
-    """The held-out copy check: the copy-half logits of a scoring chunk of sequences (as the model returns them, in
-    float32, and their log-softmax) at the longest length, and every check sequence's residual stream entering the
-    lowest patched layer, stored once for the base and the patched pass."""
+    """The held-out copy check: the copy-half logits of one scoring chunk of sequences (as the model returns them, in
+    float32, and their log-softmax) at whichever length holds the most, and every check sequence's residual stream
+    entering the lowest patched layer, stored once for the base and the patched pass."""
     float_bytes = 4 if dtype_bytes == 4 else dtype_bytes + 4
-    positions = max(options.eval_lengths) - 1
-    sequences = min(scoring_chunk(positions, shape.vocab_size), options.eval_samples)
-    logits = sequences * positions * shape.vocab_size * (float_bytes + 4)
     lengths = {options.n, *options.eval_lengths}
+    logits = max(min(scoring_chunk(n - 1, shape.vocab_size), options.eval_samples) * (n - 1) * shape.vocab_size
+                 * (float_bytes + 4) for n in lengths)
     stored = options.eval_samples * sum(prefix + 2 * n for n in lengths) * shape.hidden_size * dtype_bytes
     return logits + stored
 

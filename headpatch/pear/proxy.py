@@ -100,7 +100,11 @@ def copy_loss(model: Any, ids: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
 
 
 def _scoring_chunk(model: Any, batch: CopyBatch) -> int:
-    return scoring_chunk(batch.n - 1, model.get_output_embeddings().weight.shape[0])
+    """The default chunk for `batch`: from the LM head's rows, the logits' real width (a vocabulary padded past the
+    config's), or the config's vocabulary for a model that exposes no head."""
+    head = model.get_output_embeddings()
+    vocab = head.weight.shape[0] if head is not None else model.config.get_text_config().vocab_size
+    return scoring_chunk(batch.n - 1, vocab)
 
 
 @torch.no_grad()
@@ -111,7 +115,7 @@ def copy_scores(model: Any, batch: CopyBatch, chunk: int | None = None,
     the scoring memory budget holds); `lower`, the batch's residual stream entering a layer below which the model is
     unchanged, saves running the layers below it."""
     device = input_device(model)
-    chunk = chunk or _scoring_chunk(model, batch)
+    chunk = _scoring_chunk(model, batch) if chunk is None else chunk
     losses: list[float] = []
     accuracy: list[float] = []
     for start in range(0, len(batch.input_ids), chunk):
@@ -132,7 +136,7 @@ def copy_hits(model: Any, batch: CopyBatch, chunk: int | None = None) -> tuple[l
     """For each sequence, how many of its copyable positions get the copied token as the model's top token; and how
     many copyable positions every sequence has. `chunk` as in copy_scores."""
     device = input_device(model)
-    chunk = chunk or _scoring_chunk(model, batch)
+    chunk = _scoring_chunk(model, batch) if chunk is None else chunk
     hits, positions = [], 0
     for start in range(0, len(batch.input_ids), chunk):
         ids = batch.input_ids[start : start + chunk].to(device)
