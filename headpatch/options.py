@@ -95,9 +95,13 @@ class TuneOptions:
     patience: int = field(default=2, metadata=_POSITIVE)  # evaluations without improvement before stopping
     min_improvement: float = 0.01  # nats of held-out copy loss that count as an improvement
     select_samples: int = field(default=32, metadata=_POSITIVE)  # held-out sequences for selection
-    max_perplexity_increase: float = 0.01  # guard: relative perplexity change on the guard text
+    # guard: relative perplexity change on the guard text; on the whole-text check, the upper end of its 95% interval
+    max_perplexity_increase: float = 0.01
     max_kl: float = 0.01  # guard: mean KL(base || patched), nats per token, on the guard text
-    guard_windows: int = field(default=2, metadata=_POSITIVE)  # windows of 512 tokens of the guard text
+    guard_windows: int = field(default=2, metadata=_POSITIVE)  # windows of 512 tokens of the guard text in training
+    # windows of the guard text a candidate is checked on, each a paired item, before it is chosen (fewer if the text
+    # is shorter: 39 for Gemma-3-270M's tokenizer, 41 for SmolLM2's)
+    check_windows: int = field(default=32, metadata=_POSITIVE)
     seed: int = field(default=0, metadata=_NOT_IN_FILE)
 
     def __post_init__(self) -> None:

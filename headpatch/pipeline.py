@@ -21,6 +21,7 @@ from headpatch.options import MEAN_VECTORS, PROPAGATIONS, ExportJob, LocateOptio
 from headpatch.record import (
     Architecture,
     CopyFigures,
+    GuardCheckFigures,
     Location,
     PatchRecord,
     Pear,
@@ -33,6 +34,7 @@ from headpatch.record import (
 
 if TYPE_CHECKING:  # io.card imports huggingface_hub; the pipeline imports io only where a step needs it
     from headpatch.io.card import CardContext
+    from headpatch.pear.tune import GuardCheck
 
 LOCATION_METHOD = "PEAR mean ablation, delta_pi = logit_ablated / logit_clean - 1 of the copied token"
 
@@ -119,6 +121,15 @@ def train_step(
                                                                 training=training))
 
 
+def _guard_check_figures(check: GuardCheck | None, options: TuneOptions) -> GuardCheckFigures | None:
+    if check is None:
+        return None
+    figures = check.perplexity
+    return GuardCheckFigures(windows=figures.items, perplexity_change=round(figures.change, 6),
+                             perplexity_interval=(round(figures.low, 6), round(figures.high, 6)),
+                             kl=round(check.kl, 6), within_guard=check.within(options))
+
+
 TUNED_OPTIMIZER = "Adam, no weight decay, constant rate after linear warm-up, early stopping on held-out copy loss"
 
 
@@ -140,7 +151,8 @@ def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
         n=options.n, lr=options.lr, eval_every=options.eval_every, patience=options.patience,
         min_improvement=options.min_improvement,
         selection=f"{options.select_samples} held-out copy sequences of n={options.n} (their own seed stream)",
-        guard_text=f"{result.guard_windows} windows of 512 tokens: {GUARD_TEXT}",
+        guard_text=(f"{result.guard_windows} windows of 512 tokens during training, {result.check_windows} before a "
+                    f"candidate is chosen: {GUARD_TEXT}"),
         max_perplexity_increase=options.max_perplexity_increase, max_kl=options.max_kl,
         base_heldout_loss=round(result.base.loss, 6), base_heldout_accuracy=round(result.base.mean_accuracy, 4),
         candidates=tuple(TuningCandidate(
@@ -148,7 +160,8 @@ def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
             heldout_loss=round(c.selection.loss, 6), heldout_accuracy=round(c.selection.mean_accuracy, 4),
             loss_change_interval=(round(c.improvement[0], 6), round(c.improvement[1], 6)),
             perplexity_change=round(c.guard.perplexity_change, 6), kl=round(c.guard.kl, 6),
-            within_guard=c.within_guard) for c in result.candidates),
+            within_guard=c.within_guard, guard_check=_guard_check_figures(c.check, options))
+            for c in result.candidates),
         chosen_k=result.chosen.k if result.chosen is not None else None, reason=result.reason,
         seconds=round(result.seconds, 2), skipped=result.skipped,
     )

@@ -99,6 +99,24 @@ class Training:
 
 
 @dataclass(frozen=True, kw_only=True)
+class GuardCheckFigures:
+    """A candidate's damage over every window of the guard text, each window a paired item."""
+
+    windows: int = field(metadata=_POSITIVE)
+    perplexity_change: float  # relative
+    perplexity_interval: tuple[float, float]  # 95% bootstrap interval over windows; its upper end meets the bound
+    kl: float  # mean KL(base || patched), nats per token
+    within_guard: bool
+
+    @property
+    def summary(self) -> str:
+        """One line for tables: the change, its interval, the KL and the verdict."""
+        low, high = self.perplexity_interval
+        return (f"{self.perplexity_change:+.2%} [{low:+.2%}, {high:+.2%}] over {self.windows} windows, "
+                f"KL {self.kl:.5f}: {'within' if self.within_guard else 'outside'}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TuningCandidate:
     """One K of the tuning ladder: how far its training went and what its coefficients do."""
 
@@ -109,9 +127,10 @@ class TuningCandidate:
     heldout_loss: float
     heldout_accuracy: float
     loss_change_interval: tuple[float, float]  # 95% interval of the held-out loss change from the base
-    perplexity_change: float  # relative, on the guard text
-    kl: float  # mean KL(base || patched), nats per token, on the guard text
+    perplexity_change: float  # relative, on the guard text's first windows, during training
+    kl: float  # mean KL(base || patched), nats per token, on the same windows
     within_guard: bool
+    guard_check: GuardCheckFigures | None = None  # the whole guard text; None: not checked (see Tuning.reason)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,19 +12,33 @@ from headpatch.evaluation.metrics import window_losses
 from headpatch.io.card import render_card
 from headpatch.loading import LoadedModel, Source
 from headpatch.options import LocateOptions, TuneOptions
+from headpatch.pear import tune as tune_module
 from headpatch.pear.fold import fold_model
 from headpatch.pear.proxy import copy_batch, copy_scores, sampleable_ids
 from headpatch.pear.scaling import scaled_heads
-from headpatch.pear.tune import Candidate, Guard, Selection, choose, guard_figures, guard_windows, ladder_ends, tune
+from headpatch.pear.tune import (
+    Candidate,
+    Guard,
+    GuardCheck,
+    Selection,
+    choose,
+    guard_check,
+    guard_figures,
+    guard_windows,
+    ladder_ends,
+    tune,
+)
 from headpatch.pear.upper import lower_states
 from headpatch.pipeline import locate_step, tune_step
 from headpatch.record import PatchRecord
+from headpatch.stats import PairedChange, paired_change
 from tests.test_architectures import REQUIRED
 from tests.tiny import TINY_VOCAB, tiny_model, windowed_model
 
 # Small enough for the fast tier: two candidates, a few steps each, a lenient guard the tiny model stays inside.
 QUICK = TuneOptions(ladder=(1, 3), max_steps=12, batch_size=4, n=8, lr=0.2, warmup_steps=1, eval_every=4, patience=2,
-                    min_improvement=0.0, select_samples=16, max_perplexity_increase=10.0, max_kl=10.0, guard_windows=1)
+                    min_improvement=0.0, select_samples=16, max_perplexity_increase=10.0, max_kl=10.0, guard_windows=1,
+                    check_windows=3)
 
 
 class ByteTokenizer:
@@ -97,23 +111,47 @@ def test_the_ladder_stops_after_the_guard_stops_a_candidate_short_of_the_best():
     assert not ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.6, "step budget")], base)
 
 
+COEFFICIENTS = {(0, 1): 1.6, (2, 3): 0.3}
+
+
+def _measured_by_the_evaluation(windows):
+    """The evaluation's per-window losses of a tiny model and of a copy with COEFFICIENTS folded in, and its KL, over
+    the same token ids as `windows`."""
+    model, folded = tiny_model("qwen2"), tiny_model("qwen2")
+    fold_model(folded, head_layout(model.config), COEFFICIENTS)
+    text = "".join(bytes(int(i) - 3 for i in window).decode("latin-1") for window in windows)  # the same ids back
+    base_losses, _ = window_losses(model, ByteTokenizer(), [text], 512, len(windows))
+    patched_losses, kl = window_losses(folded, ByteTokenizer(), [text], 512, len(windows), base=model)
+    return model, base_losses, patched_losses, kl
+
+
 def test_guard_figures_equal_the_evaluation_metrics_on_a_folded_copy():
-    model = tiny_model("qwen2")
-    layout = head_layout(model.config)
-    coefficients = {(0, 1): 1.6, (2, 3): 0.3}
     windows = guard_windows(ByteTokenizer(), 2)
-    guard = guard_figures(model, layout, coefficients, windows)
-    folded = tiny_model("qwen2")
-    fold_model(folded, layout, coefficients)
-    texts = [bytes(int(i) - 3 for i in window).decode("latin-1") for window in windows]  # the same token ids back
-    tokenizer = ByteTokenizer()
-    base_losses, _ = window_losses(model, tokenizer, ["".join(texts)], 512, 2)
-    patched_losses, kl = window_losses(folded, tokenizer, ["".join(texts)], 512, 2, base=model)
+    model, base_losses, patched_losses, kl = _measured_by_the_evaluation(windows)
+    layout = head_layout(model.config)
+    guard = guard_figures(model, layout, COEFFICIENTS, windows)
     expected_change = torch.tensor(patched_losses).mean().exp() / torch.tensor(base_losses).mean().exp() - 1
     assert guard.perplexity_change == pytest.approx(expected_change.item(), abs=1e-5)
     assert guard.kl == pytest.approx(sum(kl) / len(kl), abs=1e-6)
     assert guard.kl > 1e-4
     assert guard_figures(model, layout, {(0, 1): 1.0}, windows) == Guard(0.0, 0.0)
+
+
+def test_guard_check_pairs_windows_as_the_evaluation_does():
+    windows = guard_windows(ByteTokenizer(), 4)
+    model, base_losses, patched_losses, kl = _measured_by_the_evaluation(windows)
+    layout = head_layout(model.config)
+    check = guard_check(model, layout, COEFFICIENTS, windows)
+    expected = paired_change(base_losses, patched_losses, relative=True, higher_is_better=False, log_items=True)
+    assert check.perplexity.items == 4 and check.kl == pytest.approx(sum(kl) / 4, abs=1e-6) and check.kl > 1e-4
+    for mine, reference in ((check.perplexity.change, expected.change), (check.perplexity.low, expected.low),
+                            (check.perplexity.high, expected.high)):
+        assert mine == pytest.approx(reference, abs=1e-5)
+    assert check.perplexity.low < check.perplexity.change < check.perplexity.high
+    assert check.within(TuneOptions(max_perplexity_increase=max(check.perplexity.high, 0), max_kl=1.0))
+    assert not check.within(TuneOptions(max_perplexity_increase=1.0, max_kl=check.kl / 2))
+    unchanged = guard_check(model, layout, {(0, 1): 1.0}, windows)
+    assert (unchanged.perplexity.change, unchanged.perplexity.low, unchanged.perplexity.high, unchanged.kl) == (0, 0, 0, 0)
 
 
 def test_window_losses_are_unchanged_when_a_small_budget_splits_batches_and_positions(monkeypatch):
@@ -131,19 +169,53 @@ def test_window_losses_are_unchanged_when_a_small_budget_splits_batches_and_posi
         assert after == pytest.approx(before, rel=1e-5, abs=1e-7)
 
 
-def _candidate(k, loss, within=True, interval=(-0.2, -0.1)):
+def _check(high, kl=0.002):
+    return GuardCheck(PairedChange(items=32, change=high - 0.004, low=high - 0.008, high=high, p_value=0.5, better=10,
+                                   worse=22, detectable=0.003, higher_is_better=False), kl)
+
+
+def _candidate(k, loss, within=True, interval=(-0.2, -0.1), check=_check(0.005)):
     selection = Selection([loss], [0.5])
     return Candidate(k=k, coefficients={}, steps=5, steps_run=5, stopped="converged", selection=selection,
-                     guard=Guard(0.0, 0.0), within_guard=within, improvement=interval)
+                     guard=Guard(0.0, 0.0), within_guard=within, improvement=interval, check=check)
 
 
 def test_choice_is_the_lowest_loss_within_the_guard_and_beyond_noise():
     base = Selection([3.0], [0.4])
-    candidates = [_candidate(5, 2.5), _candidate(10, 2.0, within=False), _candidate(20, 1.9, interval=(-0.3, 0.01)),
-                  _candidate(40, 2.4)]
+    candidates = [_candidate(5, 2.5, check=None), _candidate(10, 2.0, within=False),
+                  _candidate(20, 1.9, interval=(-0.3, 0.01)), _candidate(40, 2.4), _candidate(80, 2.3, check=_check(0.012)),
+                  _candidate(160, 2.35, check=_check(0.0, kl=0.02))]
     chosen, reason = choose(candidates, base, TuneOptions())
     assert chosen.k == 40
+    assert "on 32 windows it changed perplexity by +0.10% [-0.30%, +0.50%], KL 0.0020" in reason
     assert "K=10 outside the guard" in reason and "K=20 not beyond noise" in reason
+    assert "K=5 not checked on the whole guard text" in reason
+    assert "K=80 outside the guard on the whole text (perplexity +0.80% [+0.40%, +1.20%]" in reason
+    assert "K=160 outside the guard on the whole text (perplexity -0.40% [-0.80%, +0.00%], KL 0.0200)" in reason
+    loose = TuneOptions(max_perplexity_increase=0.02)  # the upper end +1.2% passes a +2% bound
+    assert choose(candidates, base, loose)[0].k == 80
+    nothing, why = choose([candidates[4]], base, TuneOptions())
+    assert nothing is None and why.startswith("no candidate") and "K=80 outside the guard on the whole text" in why
+
+
+def test_candidates_are_checked_on_the_whole_text_best_first_until_one_passes(monkeypatch):
+    model = tiny_model("llama")
+    checked = []
+
+    def fail_first(model, layout, coefficients, windows, lower=None, bar=None):
+        checked.append((len(coefficients), len(windows)))
+        return _check(50.0 if len(checked) == 1 else 0.001)  # QUICK allows +1000%
+
+    monkeypatch.setattr(tune_module, "guard_check", fail_first)
+    options = dataclasses.replace(QUICK, ladder=(1, 3, 6))
+    result = tune(model, ByteTokenizer(), head_layout(model.config), _ranked(model), options, show_progress=False)
+    never = [c for c in result.candidates if not c.eligible]
+    first, second = sorted((c for c in result.candidates if c.eligible), key=lambda c: c.selection.loss)
+    assert [c.k for c in never] == [1] and never[0].check is None  # K=1 does not beat the base on this model
+    assert checked == [(first.k, QUICK.check_windows), (second.k, QUICK.check_windows)]
+    assert result.chosen is second and result.check_windows == QUICK.check_windows
+    assert f"K={first.k} outside the guard on the whole text" in result.reason
+    assert "K=1 not beyond noise" in result.reason
 
 
 def _byte_loaded(model):
@@ -161,8 +233,13 @@ def test_tune_step_records_every_candidate_and_the_card_shows_them(tmp_path):
     assert record.pear.training.steps == max(next(c.steps for c in tuning.candidates if c.k == tuning.chosen_k), 1)
     again = PatchRecord.from_text(record.to_text())
     assert again == record
+    chosen = next(c for c in tuning.candidates if c.k == tuning.chosen_k)
+    assert chosen.guard_check.windows == QUICK.check_windows and chosen.guard_check.within_guard
+    low, high = chosen.guard_check.perplexity_interval
+    assert low <= chosen.guard_check.perplexity_change <= high
     card = render_card(record, "tiny")
     assert "How K was chosen" in card and f"Chosen: {tuning.reason}" in card
+    assert chosen.guard_check.summary in card and card.count("| not checked |") == len(tuning.candidates) - 1
     assert card.count("| within |") + card.count("| outside |") == len(tuning.candidates)
     assert "Not trained" not in card and tuning.skipped == ()
     stopped = dataclasses.replace(tuning, ladder=(1, 3, 5, 9), skipped=(5, 9), candidates=(
@@ -202,7 +279,7 @@ def test_tuning_smollm2_lowers_the_heldout_loss_inside_the_guard(smollm2):
     layout = head_layout(model.config)
     windows = guard_windows(tokenizer, 1)
     assert windows.shape == (1, 512)
-    assert guard_windows(tokenizer, 99).shape[0] >= 5  # the guard text is 2,500+ tokens
+    assert guard_windows(tokenizer, 99).shape[0] == 41  # the guard text is 21,000+ tokens: the default check fits
     options = TuneOptions(ladder=(2, 4), max_steps=6, eval_every=3, select_samples=16, guard_windows=1)
     ranked = [(17, 3), (24, 4), (17, 5), (20, 6)]  # SmolLM2's top four located heads
     result = tune(model, tokenizer, layout, ranked, options, show_progress=False)
@@ -230,6 +307,10 @@ def _fed_and_whole(model):
         fed, whole = copy_scores(model, batch, chunk=3, lower=select_lower), copy_scores(model, batch, chunk=3)
     guards = (guard_figures(model, layout, heads, windows, lower=guard_lower), guard_figures(model, layout, heads, windows))
     assert whole[0] != pytest.approx(base[0], abs=1e-4) and guards[1].kl > 1e-6  # the scaling changes what is measured
+    fed_check, whole_check = (guard_check(model, layout, heads, windows, guard_lower),
+                              guard_check(model, layout, heads, windows))
+    assert fed_check.kl == pytest.approx(whole_check.kl, rel=1e-4, abs=1e-7)
+    assert fed_check.perplexity.change == pytest.approx(whole_check.perplexity.change, rel=1e-4, abs=1e-6)
     return fed, whole, guards
 
 

@@ -150,18 +150,20 @@ def _tuning_lines(tuning: Tuning | None) -> list[str]:
         f"most +{tuning.max_perplexity_increase:.1%}, mean KL from the base at most {tuning.max_kl} nats per token), "
         f"and stopped when it left the guard, when the held-out copy loss had not improved by "
         f"{tuning.min_improvement} nats for {tuning.patience} measurements (converged), or after {tuning.max_steps} "
-        "steps. Each keeps its best measured coefficients within the guard.",
+        "steps. Each keeps its best measured coefficients within the guard. Before one is chosen, candidates within the "
+        "guard and beyond noise are checked on every window of the guard text, lowest loss first until one passes: "
+        "there the perplexity bound applies to the upper end of a 95% interval over windows.",
         "",
         "| K | steps kept / run | stopped by | held-out copy loss | change from base (95% interval) | copy accuracy "
-        "| perplexity change | KL (nats/token) | guard |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| base | | | {tuning.base_heldout_loss:.4f} | | {tuning.base_heldout_accuracy:.3f} | | | |",
+        "| perplexity change | KL (nats/token) | guard | whole guard text: perplexity change (95% interval), KL |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| base | | | {tuning.base_heldout_loss:.4f} | | {tuning.base_heldout_accuracy:.3f} | | | | |",
     ]
     for c in tuning.candidates:
         low, high = c.loss_change_interval
         lines.append(f"| {c.k} | {c.steps} / {c.steps_run} | {c.stopped} | {c.heldout_loss:.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] | {c.heldout_accuracy:.3f} | {c.perplexity_change:+.3%} "
-                     f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} |")
+                     f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} | {c.guard_check.summary if c.guard_check else 'not checked'} |")
     if tuning.skipped:
         last = tuning.candidates[-1]
         lines += ["", f"Not trained: K={', '.join(map(str, tuning.skipped))}. The damage guard stopped K={last.k} at "
