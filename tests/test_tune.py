@@ -280,10 +280,13 @@ def test_tuning_smollm2_lowers_the_heldout_loss_inside_the_guard(smollm2):
     windows = guard_windows(tokenizer, 1)
     assert windows.shape == (1, 512)
     assert guard_windows(tokenizer, 99).shape[0] == 41  # the guard text is 21,000+ tokens: the default check fits
-    options = TuneOptions(ladder=(2, 4), max_steps=6, eval_every=3, select_samples=16, guard_windows=1)
+    options = TuneOptions(ladder=(2, 4), max_steps=6, eval_every=3, select_samples=16, guard_windows=1,
+                          check_windows=4)
     ranked = [(17, 3), (24, 4), (17, 5), (20, 6)]  # SmolLM2's top four located heads
     result = tune(model, tokenizer, layout, ranked, options, show_progress=False)
     assert result.chosen is not None and result.chosen.selection.loss < result.base.loss - 0.05
+    check = result.chosen.check
+    assert check.perplexity.items == 4 and check.within(options) and check.kl > 0
     for candidate in result.candidates:
         assert candidate.within_guard
         again = guard_figures(model, layout, candidate.coefficients, windows)
