@@ -99,9 +99,9 @@ class TuneOptions:
     max_perplexity_increase: float = 0.01
     max_kl: float = 0.01  # guard: mean KL(base || patched), nats per token, on the guard text
     guard_windows: int = field(default=2, metadata=_POSITIVE)  # windows of 512 tokens of the guard text in training
-    # windows of the guard text a candidate is checked on, each a paired item, before it is chosen (fewer if the text
-    # is shorter: 39 for Gemma-3-270M's tokenizer, 41 for SmolLM2's)
-    check_windows: int = field(default=32, metadata=_POSITIVE)
+    # windows of the guard text a candidate is checked on, each a paired item, before it is chosen; the text holds 39
+    # for Gemma-3's tokenizer and 41 for SmolLM2's, so by default every window
+    check_windows: int = field(default=64, metadata=_POSITIVE)
     seed: int = field(default=0, metadata=_NOT_IN_FILE)
 
     def __post_init__(self) -> None:

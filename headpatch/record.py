@@ -100,7 +100,7 @@ class Training:
 
 @dataclass(frozen=True, kw_only=True)
 class GuardCheckFigures:
-    """A candidate's damage over every window of the guard text, each window a paired item."""
+    """A candidate's damage over the guard text's check windows (all of them by default), each a paired item."""
 
     windows: int = field(metadata=_POSITIVE)
     perplexity_change: float  # relative
@@ -130,7 +130,7 @@ class TuningCandidate:
     perplexity_change: float  # relative, on the guard text's first windows, during training
     kl: float  # mean KL(base || patched), nats per token, on the same windows
     within_guard: bool
-    guard_check: GuardCheckFigures | None = None  # the whole guard text; None: not checked (see Tuning.reason)
+    guard_check: GuardCheckFigures | None = None  # the whole-text check; None (absent in the file): not checked
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -399,6 +399,9 @@ def _check(record: PatchRecord) -> None:
         if pear.tuning is not None and not set(pear.tuning.skipped) <= set(pear.tuning.ladder) - {
                 c.k for c in pear.tuning.candidates}:
             raise HeadpatchError("pear.tuning.skipped must name K values of the ladder that no candidate trained")
+        if pear.tuning is not None and any(c.k == pear.tuning.chosen_k and c.guard_check is not None
+                                           and not c.guard_check.within_guard for c in pear.tuning.candidates):
+            raise HeadpatchError("pear.tuning.chosen_k names a candidate that failed the whole-text guard check")
     if record.qrhead is not None:
         qrhead = record.qrhead
         _check_head_list(qrhead.heads, qrhead.detection.k, architecture, "qrhead.heads", "qrhead.detection.k")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from headpatch.architectures import head_layout
+from headpatch.cli.pear import tuning_table
 from headpatch.errors import HeadpatchError
 from headpatch.evaluation.metrics import window_losses
 from headpatch.io.card import render_card
@@ -151,7 +152,8 @@ def test_guard_check_pairs_windows_as_the_evaluation_does():
     assert check.within(TuneOptions(max_perplexity_increase=max(check.perplexity.high, 0), max_kl=1.0))
     assert not check.within(TuneOptions(max_perplexity_increase=1.0, max_kl=check.kl / 2))
     unchanged = guard_check(model, layout, {(0, 1): 1.0}, windows)
-    assert (unchanged.perplexity.change, unchanged.perplexity.low, unchanged.perplexity.high, unchanged.kl) == (0, 0, 0, 0)
+    figures = unchanged.perplexity
+    assert (figures.change, figures.low, figures.high, unchanged.kl) == (0, 0, 0, 0)
 
 
 def test_window_losses_are_unchanged_when_a_small_budget_splits_batches_and_positions(monkeypatch):
@@ -183,7 +185,8 @@ def _candidate(k, loss, within=True, interval=(-0.2, -0.1), check=_check(0.005))
 def test_choice_is_the_lowest_loss_within_the_guard_and_beyond_noise():
     base = Selection([3.0], [0.4])
     candidates = [_candidate(5, 2.5, check=None), _candidate(10, 2.0, within=False),
-                  _candidate(20, 1.9, interval=(-0.3, 0.01)), _candidate(40, 2.4), _candidate(80, 2.3, check=_check(0.012)),
+                  _candidate(20, 1.9, interval=(-0.3, 0.01)), _candidate(40, 2.4),
+                  _candidate(80, 2.3, check=_check(0.012)),
                   _candidate(160, 2.35, check=_check(0.0, kl=0.02))]
     chosen, reason = choose(candidates, base, TuneOptions())
     assert chosen.k == 40
@@ -193,7 +196,8 @@ def test_choice_is_the_lowest_loss_within_the_guard_and_beyond_noise():
     assert "K=80 outside the guard on the whole text (perplexity +0.80% [+0.40%, +1.20%]" in reason
     assert "K=160 outside the guard on the whole text (perplexity -0.40% [-0.80%, +0.00%], KL 0.0200)" in reason
     loose = TuneOptions(max_perplexity_increase=0.02)  # the upper end +1.2% passes a +2% bound
-    assert choose(candidates, base, loose)[0].k == 80
+    winner, why = choose(candidates, base, loose)
+    assert winner.k == 80 and "K=40 a higher loss" in why
     nothing, why = choose([candidates[4]], base, TuneOptions())
     assert nothing is None and why.startswith("no candidate") and "K=80 outside the guard on the whole text" in why
 
@@ -240,6 +244,20 @@ def test_tune_step_records_every_candidate_and_the_card_shows_them(tmp_path):
     card = render_card(record, "tiny")
     assert "How K was chosen" in card and f"Chosen: {tuning.reason}" in card
     assert chosen.guard_check.summary in card and card.count("| not checked |") == len(tuning.candidates) - 1
+    rows = tuning_table(record).split("\nbase held-out loss")[0]  # the candidates' rows, not the reason below them
+    assert chosen.guard_check.summary in rows and rows.count("not checked") == len(tuning.candidates) - 1
+    # a record made before the whole-text check: no check column, no sentence about it
+    unchecked = tuple(dataclasses.replace(c, guard_check=None) for c in tuning.candidates)
+    older = dataclasses.replace(record, pear=dataclasses.replace(
+        record.pear, tuning=dataclasses.replace(tuning, candidates=unchecked, reason="the lowest held-out loss")))
+    older_card = render_card(PatchRecord.from_text(older.to_text()), "tiny")
+    assert not any(text in older_card for text in ("whole guard text", "not checked", "checked on the"))
+    assert "guard_check" not in older.to_text()  # absent, not null
+    failed = json.loads(record.to_text())
+    chosen_entry = next(c for c in failed["pear"]["tuning"]["candidates"] if c["k"] == tuning.chosen_k)
+    chosen_entry["guard_check"]["within_guard"] = False
+    with pytest.raises(HeadpatchError, match="failed the whole-text guard check"):
+        PatchRecord.from_json(failed)
     assert card.count("| within |") + card.count("| outside |") == len(tuning.candidates)
     assert "Not trained" not in card and tuning.skipped == ()
     stopped = dataclasses.replace(tuning, ladder=(1, 3, 5, 9), skipped=(5, 9), candidates=(
@@ -308,7 +326,8 @@ def _fed_and_whole(model):
     base = copy_scores(model, batch, chunk=3)
     with scaled_heads(model, layout, heads):
         fed, whole = copy_scores(model, batch, chunk=3, lower=select_lower), copy_scores(model, batch, chunk=3)
-    guards = (guard_figures(model, layout, heads, windows, lower=guard_lower), guard_figures(model, layout, heads, windows))
+    guards = (guard_figures(model, layout, heads, windows, lower=guard_lower),
+              guard_figures(model, layout, heads, windows))
     assert whole[0] != pytest.approx(base[0], abs=1e-4) and guards[1].kl > 1e-6  # the scaling changes what is measured
     fed_check, whole_check = (guard_check(model, layout, heads, windows, guard_lower),
                               guard_check(model, layout, heads, windows))

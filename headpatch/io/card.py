@@ -141,29 +141,35 @@ def _figures_section(pear: Pear | None) -> list[str]:
 def _tuning_lines(tuning: Tuning | None) -> list[str]:
     if tuning is None:
         return []
+    # records made before the whole-text check have no such figures: their table keeps its old columns
+    checked = any(c.guard_check is not None for c in tuning.candidates)
+    check_sentence = (" Before one is chosen, candidates within the guard and beyond noise are checked on the guard "
+                      "text's windows, lowest loss first until one passes: there the perplexity bound applies to the "
+                      "upper end of a 95% interval over windows." if checked else "")
+    check_header = " whole guard text: perplexity change (95% interval), KL |" if checked else ""
     lines = [
         "",
         "### How K was chosen",
         "",
         f"Each K of the ladder {list(tuning.ladder)} was trained from coefficients of 1, measured every "
-        f"{tuning.eval_every} steps on {tuning.selection} and on the damage guard ({tuning.guard_text}: perplexity at "
+        f"{tuning.eval_every} steps on {tuning.selection} and on the damage guard ({tuning.guard_text}; perplexity at "
         f"most +{tuning.max_perplexity_increase:.1%}, mean KL from the base at most {tuning.max_kl} nats per token), "
         f"and stopped when it left the guard, when the held-out copy loss had not improved by "
         f"{tuning.min_improvement} nats for {tuning.patience} measurements (converged), or after {tuning.max_steps} "
-        "steps. Each keeps its best measured coefficients within the guard. Before one is chosen, candidates within the "
-        "guard and beyond noise are checked on every window of the guard text, lowest loss first until one passes: "
-        "there the perplexity bound applies to the upper end of a 95% interval over windows.",
+        f"steps. Each keeps its best measured coefficients within the guard.{check_sentence}",
         "",
         "| K | steps kept / run | stopped by | held-out copy loss | change from base (95% interval) | copy accuracy "
-        "| perplexity change | KL (nats/token) | guard | whole guard text: perplexity change (95% interval), KL |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        f"| base | | | {tuning.base_heldout_loss:.4f} | | {tuning.base_heldout_accuracy:.3f} | | | | |",
+        f"| perplexity change | KL (nats/token) | guard |{check_header}",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if checked else ""),
+        f"| base | | | {tuning.base_heldout_loss:.4f} | | {tuning.base_heldout_accuracy:.3f} | | | |"
+        + (" |" if checked else ""),
     ]
     for c in tuning.candidates:
         low, high = c.loss_change_interval
+        check_cell = f" {c.guard_check.summary if c.guard_check else 'not checked'} |" if checked else ""
         lines.append(f"| {c.k} | {c.steps} / {c.steps_run} | {c.stopped} | {c.heldout_loss:.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] | {c.heldout_accuracy:.3f} | {c.perplexity_change:+.3%} "
-                     f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} | {c.guard_check.summary if c.guard_check else 'not checked'} |")
+                     f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} |{check_cell}")
     if tuning.skipped:
         last = tuning.candidates[-1]
         lines += ["", f"Not trained: K={', '.join(map(str, tuning.skipped))}. The damage guard stopped K={last.k} at "

@@ -4,9 +4,10 @@ copy loss stops improving, a damage guard on generic text, and the best candidat
 Three disjoint sets of data play a part: training batches (purpose "train"), the selection set that early stopping
 and the choice read (purpose "select", never trained on, never shown by `headpatch eval`), and the guard text, public
 domain prose that no evaluation task uses (`data/guard_text.txt`). The guard reads the text twice over: its first
-windows during training, cheaply, against stored base log-probabilities; and every window before a candidate is
-chosen, each window a paired item, so that the perplexity bound holds for the upper end of a 95% interval rather than
-for a two-window point estimate (two windows read +0.29% for a Gemma-3-270M patch that cost +2% on held-out essays).
+windows during training, cheaply, against stored base log-probabilities; and (by default) all of its windows before a
+candidate is chosen, each window a paired item, so that the perplexity bound holds for the upper end of a 95% interval
+rather than for a two-window point estimate (two windows read +0.29% for a Gemma-3-270M patch that cost +2% on
+held-out essays). Windows from one source text are alike, so the interval over windows is if anything too narrow.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from headpatch.runtime import input_device
 from headpatch.stats import PairedChange, mean_interval, paired_change
 
 GUARD_WINDOW = 512
-GUARD_TEXT = ("public domain prose: the Declaration of Independence; Lincoln's Gettysburg Address and Second Inaugural "
+GUARD_TEXT = ("public-domain prose: the Declaration of Independence; Lincoln's Gettysburg Address and Second Inaugural "
               "Address; the openings of Doyle's A Scandal in Bohemia, Austen's Pride and Prejudice, Darwin's Voyage of "
               "the Beagle, Franklin's Autobiography, Paine's Common Sense, Morris's News from Nowhere and Bierce's "
               "Devil's Dictionary")
@@ -53,7 +54,7 @@ class Guard:
 
 @dataclass(frozen=True)
 class GuardCheck:
-    """What a set of coefficients does to every window of the guard text, each window a paired item: the perplexity
+    """What a set of coefficients does to the guard text's check windows, each window a paired item: the perplexity
     change with its 95% interval, and the mean KL from the base."""
 
     perplexity: PairedChange  # relative change of exp(mean per-window log-loss)
@@ -97,8 +98,8 @@ class Candidate:
     within_guard: bool
     improvement: tuple[float, float]  # 95% interval of the mean per-sequence loss change from the base
     train_losses: list[float] = field(default_factory=list)
-    check: GuardCheck | None = None  # the whole guard text; measured for eligible candidates, best first, until one
-    # stays within it
+    # the guard text's check windows: measured for eligible candidates, lowest loss first, until one stays within it
+    check: GuardCheck | None = None
 
     @property
     def eligible(self) -> bool:
@@ -178,9 +179,9 @@ def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float
 @torch.no_grad()
 def guard_check(model: Any, layout: HeadLayout, coefficients: dict[Head, float], windows: torch.Tensor,
                 lower: LowerStates | None = None, bar: Any = None) -> GuardCheck:
-    """Perplexity change with a 95% bootstrap interval over `windows` (each a paired item) and mean KL(base ‖ patched).
-    The base's log-probabilities are recomputed window by window rather than stored: over a 262k vocabulary, 32
-    windows of them would hold 17 GB. `lower` as for guard_figures, for the base's forward too; `bar`, a progress bar
+    """Perplexity change with a 95% bootstrap interval over `windows` (each a paired item), mean KL(base ‖ patched).
+    The base's log-probabilities are recomputed window by window rather than stored: over a 262k vocabulary, 39
+    windows of them would hold 21 GB. `lower` as for guard_figures, for the base's forward too; `bar`, a progress bar
     advanced once per window."""
     device = input_device(model)
     base_losses, patched_losses, kls = [], [], []
