@@ -132,6 +132,11 @@ class TuningCandidate:
     within_guard: bool
     guard_check: GuardCheckFigures | None = None  # the whole-text check; None (absent in the file): not checked
 
+    @property
+    def guard_check_summary(self) -> str:
+        """The whole-text check's one-line summary, or "not checked"."""
+        return self.guard_check.summary if self.guard_check is not None else "not checked"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Tuning:

@@ -112,10 +112,9 @@ def tuning_table(record: PatchRecord) -> str:
     tuning = record.pear.tuning
     lines = ["   K  steps  stopped by    held-out loss  accuracy  perplexity  KL        guard    whole guard text"]
     for c in tuning.candidates:
-        whole = c.guard_check.summary if c.guard_check else "not checked"
         lines.append(f"{c.k:4d}  {c.steps:5d}  {c.stopped:12s}  {c.heldout_loss:13.4f}  "
                      f"{c.heldout_accuracy:8.3f}  {c.perplexity_change:+10.3%}  {c.kl:8.5f}  "
-                     f"{'within' if c.within_guard else 'outside':7s}  {whole}")
+                     f"{'within' if c.within_guard else 'outside':7s}  {c.guard_check_summary}")
     return "\n".join(lines + [f"base held-out loss {tuning.base_heldout_loss:.4f}", f"chosen: {tuning.reason}"])
 
 

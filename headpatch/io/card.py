@@ -166,7 +166,7 @@ def _tuning_lines(tuning: Tuning | None) -> list[str]:
     ]
     for c in tuning.candidates:
         low, high = c.loss_change_interval
-        check_cell = f" {c.guard_check.summary if c.guard_check else 'not checked'} |" if checked else ""
+        check_cell = f" {c.guard_check_summary} |" if checked else ""
         lines.append(f"| {c.k} | {c.steps} / {c.steps_run} | {c.stopped} | {c.heldout_loss:.4f} "
                      f"| [{low:+.4f}, {high:+.4f}] | {c.heldout_accuracy:.3f} | {c.perplexity_change:+.3%} "
                      f"| {c.kl:.5f} | {'within' if c.within_guard else 'outside'} |{check_cell}")

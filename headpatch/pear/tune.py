@@ -142,13 +142,6 @@ def _log_probs(model: Any, ids: torch.Tensor, lower: LowerStates | None = None, 
         return torch.log_softmax(model(input_ids=ids, use_cache=False).logits[:, :-1].float(), -1)
 
 
-def _compared(reference: torch.Tensor, patched: torch.Tensor, ids: torch.Tensor) -> tuple[float, float, float]:
-    """Mean next-token log-loss of the base and of the patched model over one window, and mean KL(base ‖ patched)."""
-    targets = ids[:, 1:, None]
-    return (-reference.gather(-1, targets).mean().item(), -patched.gather(-1, targets).mean().item(),
-            (reference.exp() * (reference - patched)).sum(-1).mean().item())
-
-
 @torch.no_grad()
 def base_log_probs(model: Any, windows: torch.Tensor) -> list[torch.Tensor]:
     """The model's next-token log-probabilities over each guard window, float32: what every guard measurement compares
@@ -157,23 +150,37 @@ def base_log_probs(model: Any, windows: torch.Tensor) -> list[torch.Tensor]:
     return [_log_probs(model, window.to(device)) for window in windows.split(1)]
 
 
+def _window_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float], windows: torch.Tensor,
+                    references: list[torch.Tensor] | None, lower: LowerStates | None,
+                    bar: Any = None) -> tuple[list[float], list[float], list[float]]:
+    """Per window: the base's and the patched model's mean next-token log-loss, and the mean KL(base ‖ patched). The
+    base's log-probabilities come from `references`, or are computed window by window when it is None."""
+    device = input_device(model)
+    base_losses, patched_losses, kls = [], [], []
+    for row, window in enumerate(windows.split(1)):
+        ids = window.to(device)
+        reference = references[row] if references is not None else _log_probs(model, ids, lower, row)
+        with scaled_heads(model, layout, coefficients):
+            patched = _log_probs(model, ids, lower, row)
+        targets = ids[:, 1:, None]
+        base_losses.append(-reference.gather(-1, targets).mean().item())
+        patched_losses.append(-patched.gather(-1, targets).mean().item())
+        kls.append((reference.exp() * (reference - patched)).sum(-1).mean().item())
+        if bar is not None:
+            bar.update(1)
+    return base_losses, patched_losses, kls
+
+
 @torch.no_grad()
 def guard_figures(model: Any, layout: HeadLayout, coefficients: dict[Head, float], windows: torch.Tensor,
                   base: list[torch.Tensor] | None = None, lower: LowerStates | None = None) -> Guard:
     """Perplexity change and mean KL(base ‖ patched) of the next-token distributions over the guard windows; `base`,
     the model's own log-probabilities from base_log_probs, saves recomputing them, and `lower`, the windows' residual
     stream entering a layer no coefficient is below, running the layers under it."""
-    device = input_device(model)
     base = base if base is not None else base_log_probs(model, windows)
-    base_loss = patched_loss = kl = 0.0
-    for row, (window, reference) in enumerate(zip(windows.split(1), base)):
-        ids = window.to(device)
-        with scaled_heads(model, layout, coefficients):
-            patched = _log_probs(model, ids, lower, row)
-        window_base, window_patched, window_kl = _compared(reference, patched, ids)
-        base_loss, patched_loss, kl = base_loss + window_base, patched_loss + window_patched, kl + window_kl
+    base_losses, patched_losses, kls = _window_figures(model, layout, coefficients, windows, base, lower)
     count = len(windows)
-    return Guard(math.exp((patched_loss - base_loss) / count) - 1, kl / count)
+    return Guard(math.exp((sum(patched_losses) - sum(base_losses)) / count) - 1, sum(kls) / count)
 
 
 @torch.no_grad()
@@ -183,19 +190,7 @@ def guard_check(model: Any, layout: HeadLayout, coefficients: dict[Head, float],
     The base's log-probabilities are recomputed window by window rather than stored: over a 262k vocabulary, 39
     windows of them would hold 21 GB. `lower` as for guard_figures, for the base's forward too; `bar`, a progress bar
     advanced once per window."""
-    device = input_device(model)
-    base_losses, patched_losses, kls = [], [], []
-    for row, window in enumerate(windows.split(1)):
-        ids = window.to(device)
-        reference = _log_probs(model, ids, lower, row)
-        with scaled_heads(model, layout, coefficients):
-            patched = _log_probs(model, ids, lower, row)
-        window_base, window_patched, window_kl = _compared(reference, patched, ids)
-        base_losses.append(window_base)
-        patched_losses.append(window_patched)
-        kls.append(window_kl)
-        if bar is not None:
-            bar.update(1)
+    base_losses, patched_losses, kls = _window_figures(model, layout, coefficients, windows, None, lower, bar)
     perplexity = paired_change(base_losses, patched_losses, relative=True, higher_is_better=False, log_items=True)
     return GuardCheck(perplexity, sum(kls) / len(kls))
 
@@ -297,7 +292,8 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
     vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
     prefix = special_prefix(tokenizer)
     select = copy_batch(vocab, options.select_samples, options.n, options.seed, "select", prefix)
-    windows = guard_windows(tokenizer, options.guard_windows)
+    text_windows = guard_windows(tokenizer, max(options.guard_windows, options.check_windows))
+    windows = text_windows[:options.guard_windows]
     base = _selection(model, select)
     shared = _Shared(vocab, prefix, select, base, windows, base_log_probs(model, windows))
     ladder = options.ladder_for(len(ranked))
@@ -317,7 +313,7 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
                 skipped = ladder[rung + 1:]
                 bar.update(len(skipped) * options.max_steps)
                 break
-    whole_text = guard_windows(tokenizer, options.check_windows)
+    whole_text = text_windows[:options.check_windows]
     for candidate in sorted((c for c in candidates if c.eligible), key=lambda c: c.selection.loss):
         start = min(layer for layer, _ in candidate.coefficients)
         lower = lower_states(model, layout, whole_text, start, chunk=1)
