@@ -86,23 +86,23 @@ def test_scoring_chunks_keep_their_logits_within_the_budget():
         assert chunk * positions * vocab * 8 <= SCORING_BYTES < (chunk + 1) * positions * vocab * 8
 
 
-def test_copy_scores_and_hits_do_not_depend_on_how_many_sequences_a_forward_holds(monkeypatch):
+def test_copy_scores_do_not_depend_on_how_many_sequences_a_forward_holds(monkeypatch):
     from headpatch.pear import memory
-    from headpatch.pear.proxy import copy_hits, copy_scores
+    from headpatch.pear.proxy import copy_scores
     from tests.tiny import tiny_model
 
     model = tiny_model("llama")
     batch = copy_batch(torch.arange(3, model.config.vocab_size), 7, 9, 0, "eval", prefix=[1])
     forwards = []
     model.register_forward_hook(lambda module, args, output: forwards.append(1))
-    whole = copy_scores(model, batch, chunk=7), copy_hits(model, batch, chunk=7)
-    assert len(forwards) == 2
+    whole = copy_scores(model, batch, chunk=7)
+    assert len(forwards) == 1
     # a budget of three sequences' logits (8 positions, float32 and log-softmax)
     monkeypatch.setattr(memory, "SCORING_BYTES", 3 * 8 * model.config.vocab_size * 8)
-    chunked = copy_scores(model, batch), copy_hits(model, batch)
-    assert len(forwards) == 2 + 3 + 3  # 3 + 3 + 1 sequences, for the scores and for the hits
-    assert chunked[0][0] == pytest.approx(whole[0][0], abs=1e-6)
-    assert chunked[0][1] == whole[0][1] and chunked[1] == whole[1]
+    chunked = copy_scores(model, batch)
+    assert len(forwards) == 1 + 3  # 3 + 3 + 1 sequences
+    assert chunked[0] == pytest.approx(whole[0], abs=1e-6)
+    assert chunked[1] == whole[1]
 
 
 def test_the_check_memory_estimate_covers_the_chunk_of_every_length():

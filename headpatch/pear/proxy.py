@@ -129,23 +129,3 @@ def copy_scores(model: Any, batch: CopyBatch, chunk: int | None = None,
         losses += position_losses.view_as(targets).mean(-1).tolist()
         accuracy += (logits.argmax(-1) == targets).float().mean(-1).tolist()
     return losses, accuracy
-
-
-@torch.no_grad()
-def copy_hits(model: Any, batch: CopyBatch, chunk: int | None = None) -> tuple[list[int], int]:
-    """For each sequence, how many of its copyable positions get the copied token as the model's top token; and how
-    many copyable positions every sequence has. `chunk` as in copy_scores."""
-    device = input_device(model)
-    chunk = _scoring_chunk(model, batch) if chunk is None else chunk
-    hits, positions = [], 0
-    for start in range(0, len(batch.input_ids), chunk):
-        ids = batch.input_ids[start : start + chunk].to(device)
-        targets = copy_targets(ids, batch)
-        hits += (copy_logits(model, ids, batch).argmax(-1) == targets).sum(dim=-1).tolist()
-        positions = targets.shape[1]
-    return hits, positions
-
-
-def hit_rate(hits: list[int], positions: int) -> float:
-    """The share of all copyable positions hit, from copy_hits' per-sequence counts."""
-    return sum(hits) / (positions * len(hits))

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from headpatch.evaluation.plots import lines, save
 from headpatch.evaluation.tasks.base import Figures, Metric, Results, Task, TaskRun
 from headpatch.loading import LoadedModel
-from headpatch.pear.proxy import copy_batch, copy_hits, hit_rate, sampleable_ids, special_prefix
+from headpatch.pear.proxy import copy_batch, copy_scores, sampleable_ids, special_prefix
 
 
 @dataclass(frozen=True)
@@ -30,9 +30,8 @@ def evaluate(loaded: LoadedModel, setting: CopySetting, run: TaskRun) -> dict[st
     accuracy, per_sequence = {}, {}
     for n in tqdm(setting.lengths, desc=run.progress_label("copy"), unit="length", disable=not run.show_progress):
         batch = copy_batch(vocab, setting.samples, n, run.seed, "eval", prefix)
-        hits, positions = copy_hits(loaded.model, batch)
-        per_sequence[str(n)] = [h / positions for h in hits]
-        accuracy[str(n)] = hit_rate(hits, positions)
+        _, per_sequence[str(n)] = copy_scores(loaded.model, batch)
+        accuracy[str(n)] = sum(per_sequence[str(n)]) / len(per_sequence[str(n)])
     return {"accuracy": accuracy, "mean": sum(accuracy.values()) / len(accuracy), "per_sequence": per_sequence}
 
 
