@@ -31,7 +31,8 @@ EVAL_SETTINGS = ("quick", "full")
 BUILTIN_DATA = "builtin"
 BUILTIN_EXAMPLES = 64  # built-in QRHead detection set: examples
 BUILTIN_DOCS = 10  # and passages per example
-LARGE_MODEL_PARAMETERS = 10_000_000_000  # QRHead keeps 16 heads below this size, 32 above
+LARGE_MODEL_PARAMETERS = 10_000_000_000  # QRHead keeps QR_HEADS_SMALL heads below this size, QR_HEADS_LARGE above
+QR_HEADS_SMALL, QR_HEADS_LARGE = 16, 32
 CHAT_TEMPLATE = "chat-template"
 PROMPT_LAYOUT_NAMES = (CHAT_TEMPLATE, "qrhead-llama3", "qrhead-qwen2.5")  # headpatch.qrhead.prompt.PROMPT_LAYOUTS
 
@@ -132,7 +133,7 @@ class QRHeadOptions:
         """K as given, or the paper's: 16 heads below 10B parameters, 32 above, never more than the model has."""
         if self.k is not None:
             return self.k
-        return min(16 if parameters < LARGE_MODEL_PARAMETERS else 32, total_heads)
+        return min(QR_HEADS_SMALL if parameters < LARGE_MODEL_PARAMETERS else QR_HEADS_LARGE, total_heads)
 
 
 @dataclass(frozen=True)

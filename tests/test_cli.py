@@ -228,3 +228,24 @@ def test_train_can_repick_k_from_located_scores(tmp_path, tiny_dir):
     record = json.loads(patch.read_text())
     assert record["pear"]["heads"] == sorted(scores, key=scores.get, reverse=True)[:5]
     assert record["pear"]["location"]["k"] == 5 and len(record["pear"]["coefficients"]) == 5
+
+
+def test_export_flag_defaults_are_the_job_defaults():
+    """Every `headpatch export` flag that sets a job field defaults to that field's own default, so a run without
+    flags and `ExportJob()` are the same job (the defaults live once, in headpatch.options)."""
+    import typer.main
+
+    from headpatch.cli import app
+    from headpatch.options import EXPORT_FLAGS, ExportJob, parse_ladder, parse_settings
+
+    export = typer.main.get_command(app).commands["export"]
+    defaults = {param.name: param.default for param in export.params}
+    parsed = {"settings": parse_settings, "ladder": parse_ladder}
+    job = ExportJob()
+    for name, fields in EXPORT_FLAGS.items():
+        if name in ("k", "steps", "output"):  # no default: giving --k or --steps turns tuning off; -o is required
+            continue
+        given = parsed[name](defaults[name]) if name in parsed else defaults[name]
+        for section, field_name in fields:
+            expected = getattr(job if section is None else getattr(job, section), field_name)
+            assert given == expected, (name, section, field_name)

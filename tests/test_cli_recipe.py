@@ -99,3 +99,22 @@ def test_recipe_errors_and_a_missing_model_are_one_line(tmp_path):
         assert result.stderr.startswith("headpatch: error: ") and words in result.stderr
         assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_flags_that_tuning_would_ignore_are_refused_before_any_work(tmp_path, tiny_recipe):
+    missing = str(tmp_path / "no-such-model")  # a model that cannot load: the refusal comes before it is looked for
+    for args, words in [
+        ([missing, "--lr", "0.02"], "--lr sets fixed training"),
+        ([missing, "--batch-size", "4"], "tune.batch_size"),
+        ([missing, "--warmup-steps", "0"], "--warmup-steps"),
+        (["--recipe", str(tiny_recipe), "--n", "8"], "tune.n from a recipe"),
+        ([missing, "--k", "3", "--ladder", "5,10"], "--ladder chooses K by tuning"),
+    ]:
+        result = invoke("export", *args, "-o", str(tmp_path / "out"))
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("headpatch: error: ") and words in result.stderr, result.stderr
+        assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    # with K fixed the same flags train, and a model that cannot load is the error that stops the run
+    result = invoke("export", missing, "--k", "3", "--lr", "0.02", "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2 and "fixed training" not in result.stderr and "no-such-model" in result.stderr

@@ -9,6 +9,7 @@ import typer
 
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
+from headpatch.cli.flags import JOB
 from headpatch.evaluation.registry import TASK_NAMES
 
 
@@ -23,7 +24,7 @@ def eval_command(
     quick: Annotated[bool, typer.Option(
         help="small settings (minutes on a laptop CPU) instead of the report's.")] = False,
     seed: Annotated[int, typer.Option(help="seed of the evaluation inputs.")] = 0,
-    dtype: flags.Dtype = "float32", device: flags.Device = "cpu",
+    dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device,
     overwrite: Annotated[bool, typer.Option(help="replace the output directory of an earlier report.")] = False,
     quiet: flags.Quiet = False,
 ) -> None:

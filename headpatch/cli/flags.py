@@ -7,11 +7,24 @@ from typing import Annotated, Optional
 
 import typer
 
-from headpatch.options import DTYPE_NAMES, PROMPT_LAYOUT_NAMES, LocateOptions, TrainOptions, TuneOptions
+from headpatch.options import (
+    DTYPE_NAMES,
+    LARGE_MODEL_PARAMETERS,
+    PROMPT_LAYOUT_NAMES,
+    QR_HEADS_LARGE,
+    QR_HEADS_SMALL,
+    ExportJob,
+    LocateOptions,
+    QRHeadOptions,
+    TrainOptions,
+    TuneOptions,
+)
 
+JOB = ExportJob()
 LOCATE = LocateOptions()
 TRAIN = TrainOptions()
 TUNE = TuneOptions()
+QRHEAD = QRHeadOptions()
 DEFAULT_LADDER = ",".join(str(k) for k in TUNE.ladder)
 
 Model = Annotated[str, typer.Argument(
@@ -23,10 +36,14 @@ Device = Annotated[str, typer.Option(
     "--device", "--device-map", help="torch device, or 'auto' for accelerate's placement across GPUs and CPU memory.")]
 Revision = Annotated[Optional[str], typer.Option(help="Hub revision (branch, tag or commit).")]
 Seed = Annotated[int, typer.Option(help="seed of the proxy sequences (and of the built-in QRHead set).")]
-PromptLayout = Annotated[str, typer.Option(
-    "--prompt-layout", help=f"QRHead prompt frame: {', '.join(PROMPT_LAYOUT_NAMES)} (the public implementation's "
-                            "hard-coded strings, to score its published head lists on the prompt they were detected "
-                            "on).")]
+_LAYOUT_HELP = (f"QRHead prompt frame: {', '.join(PROMPT_LAYOUT_NAMES)} (the public implementation's hard-coded "
+                "strings, to score its published head lists on the prompt they were detected on).")
+PromptLayout = Annotated[str, typer.Option("--prompt-layout", help=_LAYOUT_HELP)]
+QrheadLayout = Annotated[str, typer.Option("--qrhead-layout", help=_LAYOUT_HELP)]
+_QR_K_HELP = (f"QR heads to keep; default {QR_HEADS_SMALL} ({QR_HEADS_LARGE} for models of "
+              f"{LARGE_MODEL_PARAMETERS // 10**9}B+ parameters).")
+QrK = Annotated[Optional[int], typer.Option("--k", help=_QR_K_HELP, show_default=False)]
+QrheadK = Annotated[Optional[int], typer.Option("--qrhead-k", help=_QR_K_HELP, show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars.")]
 Overwrite = Annotated[bool, typer.Option(help="replace the output of an earlier run of the same command.")]
 
@@ -41,10 +58,13 @@ FixedK = Annotated[Optional[int], typer.Option(
     "--k", help="patch this many heads, no tuning (default: tuned, see --ladder).", show_default=False)]
 FixedSteps = Annotated[Optional[int], typer.Option(
     help=f"train this many steps, no tuning (with --k alone: {TRAIN.steps}).", show_default=False)]
-BatchSize = Annotated[int, typer.Option(help="sequences per training step.")]
-N = Annotated[int, typer.Option("--n", help="length n of the random half of training sequences.")]
-Lr = Annotated[float, typer.Option(help="AdamW learning rate.")]
-WarmupSteps = Annotated[int, typer.Option("--warmup-steps", "--warmup", help="linear warm-up steps.")]
+_FIXED = " (export: with --k or --steps; tuning reads tune.{} from a recipe)"
+BatchSize = Annotated[int, typer.Option(help="sequences per training step" + _FIXED.format("batch_size") + ".")]
+N = Annotated[int, typer.Option(
+    "--n", help="length n of the random half of training sequences" + _FIXED.format("n") + ".")]
+Lr = Annotated[float, typer.Option(help="AdamW learning rate" + _FIXED.format("lr") + ".")]
+WarmupSteps = Annotated[int, typer.Option(
+    "--warmup-steps", "--warmup", help="linear warm-up steps" + _FIXED.format("warmup_steps") + ".")]
 Ia3 = Annotated[Optional[Path], typer.Option(help="also save the coefficients as a peft IA3 adapter here.")]
 
 Private = Annotated[bool, typer.Option(help="create the Hub repo as private.")]

@@ -11,7 +11,7 @@ import typer
 
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
-from headpatch.cli.flags import DEFAULT_LADDER, LOCATE, TRAIN, TUNE
+from headpatch.cli.flags import DEFAULT_LADDER, JOB, LOCATE, QRHEAD, TRAIN, TUNE
 from headpatch.errors import HeadpatchError
 from headpatch.options import (
     ExportJob,
@@ -30,7 +30,7 @@ DEFAULT_SETTINGS = settings_text(LOCATE.settings)
 def locate(
     model: flags.Model, output: flags.Output, k: flags.K = LOCATE.k, settings: flags.Settings = DEFAULT_SETTINGS,
     mean_vector: flags.MeanVector = LOCATE.mean_vector, propagation: flags.Propagation = LOCATE.propagation,
-    seed: flags.Seed = LOCATE.seed, dtype: flags.Dtype = "float32", device: flags.Device = "cpu",
+    seed: flags.Seed = LOCATE.seed, dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device,
     revision: flags.Revision = None, quiet: flags.Quiet = False,
 ) -> None:
     """Score every attention head with PEAR and keep the top K suppression heads."""
@@ -54,7 +54,7 @@ def train(
     = None,
     steps: flags.Steps = TRAIN.steps, batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
     lr: flags.Lr = TRAIN.lr, warmup_steps: flags.WarmupSteps = TRAIN.warmup_steps, seed: flags.Seed = TRAIN.seed,
-    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
+    dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device, revision: flags.Revision = None,
     ia3: flags.Ia3 = None, overwrite: flags.Overwrite = False, quiet: flags.Quiet = False,
 ) -> None:
     """Learn one coefficient per head with the model frozen."""
@@ -87,8 +87,8 @@ def tune(
     model: flags.Model, output: flags.Output,
     heads: Annotated[Optional[str], typer.Option(
         help="heads.json from `locate` (its scores rank the heads); default: locate first.")] = None,
-    ladder: flags.Ladder = DEFAULT_LADDER, seed: flags.Seed = TUNE.seed, dtype: flags.Dtype = "float32",
-    device: flags.Device = "cpu", revision: flags.Revision = None, quiet: flags.Quiet = False,
+    ladder: flags.Ladder = DEFAULT_LADDER, seed: flags.Seed = TUNE.seed, dtype: flags.Dtype = JOB.dtype,
+    device: flags.Device = JOB.device, revision: flags.Revision = None, quiet: flags.Quiet = False,
 ) -> None:
     """Choose K and train to convergence: each K of the ladder trained until a held-out copy loss stops improving,
     the best one kept among those within the damage guard on generic text."""
@@ -118,6 +118,21 @@ def tuning_table(record: PatchRecord) -> str:
     return "\n".join(lines + [f"base held-out loss {tuning.base_heldout_loss:.4f}", f"chosen: {tuning.reason}"])
 
 
+FIXED_TRAINING_FLAGS = ("batch_size", "n", "lr", "warmup_steps")  # TrainOptions fields that TuneOptions has too
+
+
+def _refuse_fixed_training_flags(given: set[str], job: ExportJob) -> None:
+    """Tuning trains with its own settings, so a fixed-training flag given to a tuning export would be silently
+    ignored; it is refused instead, naming the recipe key that does set it."""
+    if job.tune is None:
+        return
+    ignored = [name for name in FIXED_TRAINING_FLAGS if name in given]
+    if ignored:
+        flag = "--" + ignored[0].replace("_", "-")
+        raise HeadpatchError(f"{flag} sets fixed training (with --k or --steps); tuning, the default, takes "
+                             f"tune.{ignored[0]} from a recipe (--recipe)")
+
+
 def export(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Argument(
@@ -140,14 +155,12 @@ def export(
     steps: flags.FixedSteps = None, ladder: flags.Ladder = DEFAULT_LADDER,
     batch_size: flags.BatchSize = TRAIN.batch_size, n: flags.N = TRAIN.n,
     lr: flags.Lr = TRAIN.lr, warmup_steps: flags.WarmupSteps = TRAIN.warmup_steps, seed: flags.Seed = LOCATE.seed,
-    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
+    dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device, revision: flags.Revision = None,
     ia3: flags.Ia3 = None, quiet: flags.Quiet = False,
     qrhead_data: Annotated[Optional[str], typer.Option(
         help="also detect QR heads: labelled QRHead JSON/JSONL, or 'builtin' for the built-in set.")] = None,
-    qrhead_k: Annotated[Optional[int], typer.Option(
-        help="QR heads to keep; default 16 (32 for models of 10B+).")] = None,
-    qrhead_layout: Annotated[str, typer.Option(
-        help="QR head detection prompt frame: chat-template, qrhead-llama3 or qrhead-qwen2.5.")] = "chat-template",
+    qrhead_k: flags.QrheadK = QRHEAD.k,
+    qrhead_layout: flags.QrheadLayout = QRHEAD.layout,
     push_to_hub: Annotated[Optional[str], typer.Option(
         help="after exporting, push the checkpoint to this Hub repo (e.g. me/llama-pear).")] = None,
     private: flags.Private = False,
@@ -173,18 +186,20 @@ def export(
     flags_given["ladder"] = parse_ladder(ladder)
     if dry_run and recipe is None:
         raise HeadpatchError("--dry-run needs --recipe: it prints the plan of a recipe")
+    # Compared by name: typer ships its own copy of click, so click's enum class is not the one returned here.
+    given = {name for name in flags_given if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
     if recipe is not None:
         from headpatch.recipe import load_recipe
 
         loaded_recipe = load_recipe(recipe)
-        # Compared by name: typer ships its own copy of click, so click's enum class is not the one returned here.
-        given = {name for name in flags_given
-                 if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
         job = with_flags(loaded_recipe.job(), {name: flags_given[name] for name in given})
     else:
         job = with_flags(ExportJob(), flags_given)
     if fixed or job.heads is not None or job.patch is not None:
+        if fixed and "ladder" in given:
+            raise HeadpatchError("--ladder chooses K by tuning and --k/--steps fix it: give one or the other")
         job = dataclasses.replace(job, tune=None)
+    _refuse_fixed_training_flags(given, job)
     if dry_run:
         from headpatch.plan import format_plan
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
+from headpatch.cli.flags import JOB, QRHEAD
 from headpatch.errors import HeadpatchError
-from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES, CHAT_TEMPLATE
+from headpatch.options import BUILTIN_DOCS, BUILTIN_EXAMPLES, PROMPT_LAYOUT_NAMES
 
-app = typer.Typer(name="qrhead", help="Query-focused retrieval heads (QRHead): detect them, rerank with them.",
+app = typer.Typer(name="qrhead", help="Query-focused retrieval heads (QRHead): detect them (`headpatch rerank` ranks "
+                                      "passages with them).",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
@@ -21,14 +23,17 @@ app = typer.Typer(name="qrhead", help="Query-focused retrieval heads (QRHead): d
 def detect(
     model: flags.Model,
     output: flags.Output,
-    data: Optional[Path] = typer.Option(None, help="labelled examples, QRHead JSON or JSONL; default: built-in set."),
-    k: Optional[int] = typer.Option(None, "--k", help="heads to keep; default 16 (32 for models of 10B+)."),
-    examples: Optional[int] = typer.Option(None, help=f"use this many examples (built-in default {BUILTIN_EXAMPLES})."),
-    docs_per_example: int = typer.Option(BUILTIN_DOCS, help="passages per built-in example."),
-    seed: flags.Seed = 0,
-    yaml_out: Optional[Path] = typer.Option(None, "--yaml", help="also write the heads as a public QRHead YAML file."),
-    prompt_layout: flags.PromptLayout = CHAT_TEMPLATE,
-    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", revision: flags.Revision = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="labelled examples, QRHead JSON or JSONL; default: built-in set.")] = QRHEAD.data,
+    k: flags.QrK = QRHEAD.k,
+    examples: Annotated[Optional[int], typer.Option(
+        help=f"use this many examples (built-in default {BUILTIN_EXAMPLES}).", show_default=False)] = None,
+    docs_per_example: Annotated[int, typer.Option(help="passages per built-in example.")] = BUILTIN_DOCS,
+    seed: flags.Seed = JOB.seed,
+    yaml_out: Annotated[Optional[Path], typer.Option(
+        "--yaml", help="also write the heads as a public QRHead YAML file.")] = None,
+    prompt_layout: flags.PromptLayout = QRHEAD.layout,
+    dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device, revision: flags.Revision = None,
     quiet: flags.Quiet = False,
 ) -> None:
     """Score every head on labelled examples and keep the top K query-focused retrieval heads."""
@@ -36,9 +41,8 @@ def detect(
     from headpatch.loading import load_model
     from headpatch.pipeline import qr_k, qrhead_step
     from headpatch.qrhead.detect import detection_examples
-    from headpatch.qrhead.yamlio import write_yaml
-
     from headpatch.qrhead.prompt import prompt_layout as layout_named
+    from headpatch.qrhead.yamlio import write_yaml
 
     show = progress_enabled(quiet)
     layout_named(prompt_layout)  # an unknown name fails before any model work
@@ -71,15 +75,17 @@ def _read_docs(path: Path) -> list[Any]:
 
 
 def rerank(
-    checkpoint: str = typer.Argument(..., help="checkpoint whose config.json holds headpatch.qrhead.heads."),
-    query: str = typer.Option(..., help="the query."),
-    docs: Path = typer.Option(..., help="passages, JSONL: a string or {\"text\", \"title\"?, \"id\"?} per line."),
-    top_k: int = typer.Option(5, "--top-k", help="how many passages to print."),
-    truncate: bool = typer.Option(False, help="cut passages to fit the model's context instead of failing."),
-    prompt_layout: Optional[str] = typer.Option(
-        None, "--prompt-layout", help="prompt frame (chat-template, qrhead-llama3, qrhead-qwen2.5); default: the one "
-                                      "the checkpoint's QR heads were detected with."),
-    dtype: flags.Dtype = "float32", device: flags.Device = "cpu", quiet: flags.Quiet = False,
+    checkpoint: Annotated[str, typer.Argument(
+        help="checkpoint whose config.json holds headpatch.qrhead.heads.", show_default=False)],
+    query: Annotated[str, typer.Option(help="the query.", show_default=False)],
+    docs: Annotated[Path, typer.Option(
+        help="passages, JSONL: a string or {\"text\", \"title\"?, \"id\"?} per line.", show_default=False)],
+    top_k: Annotated[int, typer.Option("--top-k", help="how many passages to print.")] = 5,
+    truncate: Annotated[bool, typer.Option(help="cut passages to fit the model's context instead of failing.")] = False,
+    prompt_layout: Annotated[Optional[str], typer.Option(
+        "--prompt-layout", help=f"prompt frame ({', '.join(PROMPT_LAYOUT_NAMES)}); default: the one the checkpoint's "
+                                "QR heads were detected with.", show_default=False)] = None,
+    dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device, quiet: flags.Quiet = False,
 ) -> None:
     """Rank passages for a query with the checkpoint's own QR heads; prints rank, index, score and passage."""
     from headpatch.qrhead.retriever import QRRetriever, as_documents
