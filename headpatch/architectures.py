@@ -101,15 +101,6 @@ class HeadLayout:
         """The o_proj input features that belong to query head `head`."""
         return slice(head * self.head_dim, (head + 1) * self.head_dim)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form for JSON records."""
-        return {
-            "model_type": self.model_type,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-        }
-
 
 def supported_model_types() -> list[str]:
     """Every `model_type` headpatch can patch."""

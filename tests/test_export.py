@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 
 from headpatch.architectures import head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.record import PatchRecord
+from headpatch.record import Architecture, PatchRecord
+from headpatch.typed import to_plain
 from headpatch.io.export import export_checkpoint
 from headpatch.io.files import read_record
 from headpatch.loading import load_model
@@ -149,7 +150,7 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     layout = head_layout(model.config)
     record = PatchRecord.from_json({
         "format_version": 1, "headpatch_version": "x", "source": "s", "base_model": "b",
-        "architecture": layout.to_dict(),
+        "architecture": to_plain(Architecture.of(layout)),
         "pear": {"heads": ["0-1"], "location": {"method": "given by the user", "k": 1}, "coefficients": {"0-1": 0.5}},
     })
     out = tmp_path / "out"

@@ -6,7 +6,7 @@ import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -96,7 +96,7 @@ def clean_run(model: Any, batch: CopyBatch, layout: HeadLayout, mean_vector: str
     return CleanRun(target, logit, means, attn_out, layer_in, cache)
 
 
-def ablate_hook(layer_means: torch.Tensor, heads: Sequence[int], layout: HeadLayout):
+def ablate_hook(layer_means: torch.Tensor, heads: Sequence[int], layout: HeadLayout) -> Callable[[Any, tuple], tuple]:
     """Pre-hook for a one-position batch of rows (sample b, copy j): copy j gets head heads[j] mean-ablated."""
     index = torch.tensor(list(heads), device=layer_means.device)
     group = torch.arange(len(heads), device=layer_means.device)
