@@ -33,6 +33,7 @@ BUILTIN_EXAMPLES = 64  # built-in QRHead detection set: examples
 BUILTIN_DOCS = 10  # and passages per example
 LARGE_MODEL_PARAMETERS = 10_000_000_000  # QRHead keeps QR_HEADS_SMALL heads below this size, QR_HEADS_LARGE above
 QR_HEADS_SMALL, QR_HEADS_LARGE = 16, 32
+GUARD_WINDOW = 512  # tokens per window of tuning's guard text
 CHAT_TEMPLATE = "chat-template"
 PROMPT_LAYOUT_NAMES = (CHAT_TEMPLATE, "qrhead-llama3", "qrhead-qwen2.5")  # headpatch.qrhead.prompt.PROMPT_LAYOUTS
 

@@ -56,11 +56,12 @@ def _steps(recipe: Recipe, job: ExportJob) -> tuple[list[str], set[str]]:
                                   f"sequences (n={tune.n}, Adam lr {tune.lr:g}), stopped when the held-out copy loss "
                                   f"stops improving; the best within perplexity +{tune.max_perplexity_increase:.0%} "
                                   f"and KL {tune.max_kl:g} kept"))
+            costs.add("tune")
         else:
             steps.append(("train", f"{job.train.steps} steps of {job.train.batch_size} sequences, n={job.train.n}, "
                                    f"AdamW lr {job.train.lr:g}, {job.train.warmup_steps} warm-up steps; one float32 "
                                    "coefficient per head"))
-        costs.add("train")
+            costs.add("train")
     data = job.qrhead.data
     if data is not None:
         source = "the built-in set (Paul Graham passages, planted facts)" if data == BUILTIN_DATA else data
@@ -69,7 +70,7 @@ def _steps(recipe: Recipe, job: ExportJob) -> tuple[list[str], set[str]]:
         costs.add("detect")
     output = job.export.output or "(the -o directory)"
     if job.export.gguf:
-        steps.append(("export", f"fold into the source GGUF's attn_output blocks -> {output}/<name>-pear.gguf"))
+        steps.append(("export", f"fold into the source GGUF's attn_output blocks -> {output}/<name>-pear[.QUANT].gguf"))
     else:
         steps.append(("export", f"fold into the checkpoint's own dtype, shard by shard -> {output}"))
     if job.export.push_to_hub:
@@ -83,7 +84,9 @@ def _steps(recipe: Recipe, job: ExportJob) -> tuple[list[str], set[str]]:
 
 def _memory_lines(recipe: Recipe, job: ExportJob, costs: set[str]) -> list[str]:
     tokens = BUILTIN_PROMPT_TOKENS if job.qrhead.data == BUILTIN_DATA else DETECT_TOKENS
-    estimates: list[StepMemory] = step_memory(recipe.architecture.shape(), job.dtype, job.locate, job.train, tokens)
+    tune = job.tune if "tune" in costs else None
+    estimates: list[StepMemory] = step_memory(recipe.architecture.shape(), job.dtype, job.locate, job.train, tokens,
+                                              tune)
     lines = []
     for estimate in estimates:
         if estimate.step in costs:

@@ -24,7 +24,7 @@ ARCHITECTURES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma
                  "gpt_neox", "opt", _GPTJ,
                  "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss", "deepseek_v2", "deepseek_v3", "glm4", "glm4_moe",
                  "cohere", "cohere2", "granite", "granitemoe", "smollm3", "llama4_text", "phi", "olmo3", "exaone4",
-                 "ernie4_5", "apertus", "seed_oss"]
+                 "ernie4_5", "apertus", "seed_oss", "mixtral", "starcoder2"]
 HEADS = [(2, 1), (0, 3), (1, 0), (1, 3), (0, 0)]  # unsorted, several per layer, GQA-shared key heads
 TOL = 1e-4
 

@@ -280,7 +280,12 @@ def test_plan_of_the_demo_recipe():
     assert "keep the top 10" in fixed and "60 steps of 20 sequences, n=50, AdamW lr 0.005, 2 warm-up steps" in fixed
     assert "qrhead" not in plan and "push" not in plan
     memory = plan.split("memory per step")[1]
-    assert [line.split()[0] for line in memory.splitlines()[1:]] == ["locate", "train", "export"]
+    assert [line.split()[0] for line in memory.splitlines()[1:]] == ["locate", "tune", "export"]
+    fixed_memory = fixed.split("memory per step")[1]
+    assert [line.split()[0] for line in fixed_memory.splitlines()[1:]] == ["locate", "train", "export"]
+    # SmolLM2's 49k vocabulary: the guard's per-window distributions (100 MB each) set tuning's figure
+    tuned = dict(line.split(None, 1) for line in memory.splitlines()[1:])["tune"]
+    assert "guard text's next-token distributions" in tuned
 
 
 def test_plan_follows_the_flags():

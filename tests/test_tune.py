@@ -356,3 +356,45 @@ def test_measuring_from_a_layer_keeps_each_layers_sliding_window(model_type):
 def test_no_stored_states_for_heads_in_the_first_layer():
     model = tiny_model("llama")
     assert lower_states(model, head_layout(model.config), torch.ones(2, 5, dtype=torch.long), 0, chunk=1) is None
+
+
+_TUNING_PEAK = """
+import sys
+import torch
+from headpatch.architectures import head_layout
+from headpatch.options import TuneOptions
+from headpatch.pear.memory import ModelShape, tune_bytes
+from headpatch.pear.tune import tune
+from tests.test_tune import ByteTokenizer, _ranked
+from tests.tiny import tiny_model
+
+def status(field):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(field))
+
+model = tiny_model("llama", vocab_size=int(sys.argv[1]))
+layout = head_layout(model.config)
+options = TuneOptions(ladder=(1,), max_steps=4, batch_size=4, n=8, lr=0.2, warmup_steps=1, eval_every=2,
+                      min_improvement=0.0, select_samples=16, max_perplexity_increase=10.0, max_kl=10.0,
+                      guard_windows=2, check_windows=int(sys.argv[2]))
+model(torch.ones(1, 8, dtype=torch.long))
+before = status("VmRSS")
+tune(model, ByteTokenizer(), layout, _ranked(model), options, show_progress=False)
+c = model.config
+shape = ModelShape(0, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, layout.head_dim,
+                   c.hidden_size, c.intermediate_size, c.vocab_size)
+print(status("VmHWM") - before, tune_bytes(shape, 4, options))
+"""
+
+
+@pytest.mark.slow
+def test_the_tuning_memory_estimate_matches_a_real_peak():
+    """Over a large vocabulary the guard's per-window distributions set tuning's peak (Gemma-3's 262k tokens: 536 MB
+    a window); a fresh process's peak resident memory over a tuning run is the estimate's to 15%."""
+    from tests.conftest import run_fresh
+
+    for vocab, check_windows in ((131_072, 2), (262_144, 6)):
+        done = run_fresh(_TUNING_PEAK, str(vocab), str(check_windows), env={"THP_MEM_ALLOC_ENABLE": "1"})
+        assert done.returncode == 0, done.stderr
+        measured, estimate = map(int, done.stdout.split())
+        assert estimate > 1e9 * vocab / 131_072  # the distributions, not the tiny model, are what is measured
+        assert measured == pytest.approx(estimate, rel=0.15), (vocab, measured, estimate)

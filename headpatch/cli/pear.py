@@ -171,8 +171,8 @@ def export(
         "--eval", help="quick or full: evaluate the export against its source (report in OUT/eval/) and add the "
                        "summary table to the model card, before any push.")] = None,
     gguf: Annotated[bool, typer.Option(
-        "--gguf", help="fold into the source GGUF (a .gguf MODEL or the demo alias) and write OUT/<name>-pear.gguf: "
-                       "only its attn_output tensors change.")] = False,
+        "--gguf", help="fold into the source GGUF (a .gguf MODEL or the demo alias) and write "
+                       "OUT/<name>-pear[.QUANT].gguf: only its attn_output tensors change.")] = False,
 ) -> None:
     """Locate, train and fold in one go (or fold a given patch), writing a plain transformers checkpoint."""
     from headpatch.io.card import public_command

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 
 from headpatch.errors import HeadpatchError
-from headpatch.options import LocateOptions, TrainOptions
+from headpatch.options import GUARD_WINDOW, LocateOptions, TrainOptions, TuneOptions
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2}  # "auto" keeps the checkpoint's, 16-bit for most
 DETECT_TOKENS = 4096  # a long QRHead prompt (the built-in set's are about 1,300)
@@ -170,6 +170,32 @@ def train_bytes(shape: ModelShape, dtype_bytes: int, options: TrainOptions, pref
                heldout_bytes(shape, dtype_bytes, options, prefix))
 
 
+def tune_bytes(shape: ModelShape, dtype_bytes: int, options: TuneOptions, prefix: int = PREFIX_TOKENS) -> int:
+    """Tuning's peak, the larger of its two phases.
+
+    Training a candidate keeps, throughout, the base's log-probabilities over the training guard windows and the
+    selection set's and those windows' residual streams entering the lowest trained layer; on top of them comes the
+    largest of a training step at tuning's batch, the selection set's scoring, and one guard window's measurement (its
+    logits and patched log-probabilities, then the KL's three temporaries beside them). The whole-text check keeps
+    every checked window's residual stream and computes the base's log-probabilities window by window beside the
+    patched ones. Over a large vocabulary the per-window distributions dominate: Gemma-3-270M's 262k tokens take 536 MB
+    per window, float32. The held-out check of the chosen candidate is the training step's (`heldout_bytes`).
+    """
+    float_bytes = 4 if dtype_bytes == 4 else dtype_bytes + 4
+    distribution = (GUARD_WINDOW - 1) * shape.vocab_size * 4  # one window's float32 log-probabilities
+    forward = GUARD_WINDOW * shape.vocab_size * float_bytes + layer_forward_bytes(shape, dtype_bytes, GUARD_WINDOW)
+    training = TrainOptions(batch_size=options.batch_size, n=options.n)
+    select_scoring = (min(scoring_chunk(options.n - 1, shape.vocab_size), options.select_samples)
+                      * (options.n - 1) * shape.vocab_size * (float_bytes + 4))
+    kept = (options.select_samples * (prefix + 2 * options.n) + options.guard_windows * GUARD_WINDOW) \
+        * shape.hidden_size * dtype_bytes + options.guard_windows * distribution
+    train_phase = kept + max(train_step_bytes(shape, dtype_bytes, training, prefix), select_scoring,
+                             forward + distribution, 4 * distribution)
+    check_phase = options.check_windows * GUARD_WINDOW * shape.hidden_size * dtype_bytes \
+        + max(distribution + forward + distribution, 5 * distribution)
+    return max(train_phase, check_phase, heldout_bytes(shape, dtype_bytes, training, prefix))
+
+
 def detect_bytes(shape: ModelShape, dtype_bytes: int, tokens: int = DETECT_TOKENS, query: int = QUERY_TOKENS) -> int:
     """One prompt's key/value cache, one layer's float32 query-span attention and activations, all heads' results."""
     cache = tokens * kv_bytes_per_token(shape, dtype_bytes)
@@ -186,16 +212,20 @@ def export_bytes(shape: ModelShape, dtype_bytes: int) -> int:
 
 def step_memory(
     shape: ModelShape, dtype: str, locate: LocateOptions = LocateOptions(), train: TrainOptions = TrainOptions(),
-    detect_tokens: int = DETECT_TOKENS,
+    detect_tokens: int = DETECT_TOKENS, tune: TuneOptions | None = None,
 ) -> list[StepMemory]:
-    """Estimates for locate, train, detect and the streaming export at one dtype."""
+    """Estimates for locate, train (or tune, when `tune` is given), detect and the streaming export at one dtype."""
     if dtype not in DTYPE_BYTES:
         raise HeadpatchError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPE_BYTES)}")
     size = DTYPE_BYTES[dtype]
     weights = shape.parameters * size
+    training = (StepMemory("train", weights, train_bytes(shape, size, train), "activations and copy-half logits")
+                if tune is None else
+                StepMemory("tune", weights, tune_bytes(shape, size, tune),
+                           "activations, and the guard text's next-token distributions"))
     return [
         StepMemory("locate", weights, locate_bytes(shape, size, locate), "key/value caches and one recomputed layer"),
-        StepMemory("train", weights, train_bytes(shape, size, train), "activations and copy-half logits"),
+        training,
         StepMemory("detect", weights, detect_bytes(shape, size, detect_tokens),
                    f"cache and attention of one {detect_tokens:,}-token prompt"),
         StepMemory("export", 0, export_bytes(shape, size), "one output projection (weights stay on disk)"),

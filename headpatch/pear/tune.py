@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from headpatch.architectures import HeadLayout
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head
-from headpatch.options import TrainOptions, TuneOptions
+from headpatch.options import GUARD_WINDOW, TrainOptions, TuneOptions
 from headpatch.pear.memory import SCORING_CHUNK
 from headpatch.pear.proxy import CopyBatch, copy_batch, copy_loss, copy_scores, sampleable_ids, special_prefix
 from headpatch.pear.scaling import HeadScaling, scaled_heads
@@ -33,7 +33,6 @@ from headpatch.pear.upper import LowerStates, fed_from, lower_states
 from headpatch.runtime import input_device
 from headpatch.stats import PairedChange, mean_interval, paired_change
 
-GUARD_WINDOW = 512
 GUARD_TEXT = ("public-domain prose: the Declaration of Independence; Lincoln's Gettysburg Address and Second Inaugural "
               "Address; the openings of Doyle's A Scandal in Bohemia, Austen's Pride and Prejudice, Darwin's Voyage of "
               "the Beagle, Franklin's Autobiography, Paine's Common Sense, Morris's News from Nowhere and Bierce's "
