@@ -179,9 +179,9 @@ def convert_gguf(gguf: Path) -> Path:
         tokenizer.save_pretrained(staging)
         _write_gguf_card(gguf, staging)
         staging.rename(target)
-    except OSError:
+    except BaseException as exc:  # hundreds of MB to GBs of partial files: gone whatever stopped the write, Ctrl-C too
         shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
+        if not isinstance(exc, OSError) or not (target / "config.json").is_file():  # else another process won the race
             raise
     return target
 
@@ -203,6 +203,15 @@ def resolve_source(name: str, revision: str | None = None) -> Source:
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise HeadpatchError(f"cannot read model {name!r}: not a checkpoint directory, .gguf file or Hub id")
     return Source(name, name, name, revision)
+
+
+def local_source(name: str) -> Path | None:
+    """The local checkpoint directory or .gguf file that `name` reads, resolved, which no output may overlap; None for
+    a Hub id or a demo alias (their files live in caches)."""
+    if DEMO_ALIASES.get(name, name) in DEMO_MODELS:
+        return None
+    path = Path(name).expanduser()
+    return path.resolve() if path.exists() else None
 
 
 def gguf_source(name: str) -> Path:

@@ -8,6 +8,7 @@ one `ExportJob` (flags given on the command line replace recipe values with `dat
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,9 @@ class TrainOptions:
     eval_samples: int = field(default=20, metadata=_NOT_IN_FILE)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.n < 2 or self.lr <= 0:
-            raise HeadpatchError("training needs steps >= 1, batch size >= 1, n >= 2 and a positive learning rate")
+        if self.steps < 1 or self.batch_size < 1 or self.n < 2 or not 0 < self.lr < math.inf:
+            raise HeadpatchError("training needs steps >= 1, batch size >= 1, n >= 2 and a positive, finite "
+                                 f"learning rate (got lr {self.lr})")
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,9 @@ class TuneOptions:
     def __post_init__(self) -> None:
         if not self.ladder or any(k < 1 for k in self.ladder):
             raise HeadpatchError("the K ladder needs at least one K, each at least 1")
-        if self.lr <= 0 or self.min_improvement < 0 or self.max_perplexity_increase < 0 or self.max_kl < 0:
-            raise HeadpatchError("tuning needs a positive learning rate and non-negative thresholds")
+        thresholds = (self.min_improvement, self.max_perplexity_increase, self.max_kl)
+        if not 0 < self.lr < math.inf or not all(0 <= value < math.inf for value in thresholds):
+            raise HeadpatchError("tuning needs a positive, finite learning rate and non-negative, finite thresholds")
 
     def ladder_for(self, total_heads: int) -> tuple[int, ...]:
         """The ladder's distinct K values, ascending, capped by the model's head count."""
@@ -153,6 +156,18 @@ class ExportOptions:
     def __post_init__(self) -> None:
         if self.eval not in (None, *EVAL_SETTINGS):
             raise HeadpatchError(f"--eval takes {' or '.join(EVAL_SETTINGS)}, not {self.eval!r}")
+        if self.push_to_hub is not None:
+            check_repo_id(self.push_to_hub)
+
+
+def check_repo_id(repo_id: str) -> None:
+    """Refuse a Hub repo id the Hub would refuse, before an export spends minutes ahead of its push."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise HeadpatchError(f"{repo_id!r} is not a Hub repo id: {str(exc).split(':')[0]}") from None
 
 
 @dataclass(frozen=True)

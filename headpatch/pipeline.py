@@ -267,10 +267,9 @@ class ExportOutcome:
 
 def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, context: CardContext) -> Path:
     """The no-model-load path: fold a trained patch over the source's safetensors files."""
-    from transformers import AutoConfig
-
     from headpatch.io.export import stream_export
     from headpatch.io.hub import checkpoint_dir
+    from headpatch.io.checkpoint import read_config
     from headpatch.loading import resolve_source
 
     source = resolve_source(job.model, job.revision)
@@ -279,7 +278,7 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, conte
         check_ia3_dir(job.ia3, job.export.overwrite, directory)
     out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show,
                         warn=lambda message: say(message, err=True), context=context)
-    _save_ia3(head_layout(AutoConfig.from_pretrained(directory)), source.reference, record, job, directory, say)
+    _save_ia3(head_layout(read_config(directory)), source.reference, record, job, directory, say)
     return out
 
 
@@ -314,7 +313,9 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
     from headpatch.io.card import CardContext
     from headpatch.io.files import read_record
     from headpatch.io.hub import PushOptions, cached_checkpoint_dir, push_folder
-    from headpatch.loading import gguf_source, load_model
+    from headpatch.io.checkpoint import weight_files
+    from headpatch.io.export import check_read_files
+    from headpatch.loading import gguf_source, load_model, local_source
     from headpatch.qrhead.detect import detection_examples
 
     if job.model is None:
@@ -322,12 +323,17 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
     if job.export.output is None:
         raise HeadpatchError("give the output directory with -o")
     show = not job.quiet
-    check_output_dir(job.export.output, job.export.overwrite)
+    gguf = gguf_source(job.model) if job.export.gguf else None  # before any model work, like the checks below
+    source = local_source(job.model)
+    check_output_dir(job.export.output, job.export.overwrite, source)
     if job.ia3 is not None:
-        check_ia3_dir(job.ia3, job.export.overwrite, None, job.export.output)
+        check_ia3_dir(job.ia3, job.export.overwrite, source, job.export.output)
     push = job.export.push_to_hub
     context = CardContext(repo_id=push, command=command)
-    gguf = gguf_source(job.model) if job.export.gguf else None  # before any model work, like the checks below
+    if gguf is None and source is not None and source.is_dir():
+        # before training: a config or card linking outside the source, or weights the export cannot fold (.bin)
+        check_read_files(source)
+        weight_files(source)
     record = read_record(job.patch) if job.patch is not None else None
     qr_examples = None  # read before any model work, so bad data fails fast
     if job.qrhead.data is not None:
@@ -339,10 +345,11 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
     else:
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
-        _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job,
-                  cached_checkpoint_dir(loaded.source), say)
         model = _fold_gguf(job, gguf, record, show, say, context) if gguf is not None else \
             export_step(loaded, record, job.export.output, job.export.overwrite, show, say, context)
+        # after the export, as on the fold-only path: an export that fails leaves no adapter behind
+        _save_ia3(head_layout(loaded.model.config), loaded.source.reference, record, job,
+                  cached_checkpoint_dir(loaded.source), say)
     out = model.parent if gguf is not None else model
     say(f"exported {len(record.coefficients())} patched heads -> {model}")
     if job.export.eval is not None:

@@ -259,3 +259,73 @@ def test_an_output_holding_the_source_is_refused(tmp_path):
     with pytest.raises(HeadpatchError, match="overlaps the source"):
         gguf_export(source, gguf_record(COEFFICIENTS), tmp_path, overwrite=True, show_progress=False)
     assert _digest(source) == before
+
+
+# ---- hostile metadata and interrupted conversions ---------------------------------------------------------------
+
+def _nested_arrays_gguf(path: Path, depth: int) -> Path:
+    """A GGUF whose one metadata entry is `depth` arrays nested in one another around an empty uint32 array."""
+    key = b"evil.nested"
+    entry = struct.pack("<Q", len(key)) + key + struct.pack("<I", 9) + struct.pack("<IQ", 9, 1) * (depth - 1)
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + entry + struct.pack("<IQ", 4, 0))
+    return path
+
+
+def test_deeply_nested_metadata_arrays_are_an_error_naming_the_key_not_a_recursion_error(tmp_path):
+    from headpatch.io.gguf_file import MAX_ARRAY_DEPTH
+
+    with open_gguf(_nested_arrays_gguf(tmp_path / "ok.gguf", MAX_ARRAY_DEPTH)) as (gguf, _):
+        assert [field.key for field in gguf.fields] == ["evil.nested"]
+    deep = _nested_arrays_gguf(tmp_path / "deep.gguf", 200_000)  # far past Python's recursion limit
+    with pytest.raises(HeadpatchError, match=f"key evil.nested nests arrays more than {MAX_ARRAY_DEPTH} deep"), \
+            open_gguf(deep):
+        pass
+    base = write_tiny_gguf(tmp_path / "tiny.gguf")
+    patch = tmp_path / "patch.json"
+    patch.write_text(gguf_record(COEFFICIENTS).to_text(), encoding="utf-8")
+    for args in (("export", str(deep), "--patch", str(patch), "-o", str(tmp_path / "out"), "--gguf", "-q"),
+                 ("verify", str(deep), "--base", str(base), "-q"), ("verify", str(base), "--base", str(deep), "-q")):
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("headpatch: error:") and "evil.nested" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+class _Tokenizer:
+    def save_pretrained(self, directory: Path) -> None:
+        (Path(directory) / "tokenizer.json").write_text("{}", encoding="utf-8")
+
+
+@pytest.fixture
+def fake_gguf_loading(monkeypatch, tmp_path):
+    """convert_gguf on a tiny GGUF, with transformers' GGUF reading replaced by a tiny random Llama (the files
+    gguf_files writes carry no tokenizer transformers can rebuild); saving it is real. Yields (gguf, cache)."""
+    import transformers
+
+    config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=1)
+    model = transformers.LlamaForCausalLM(config)
+    model.config.quantization_config = {"quant_method": "gguf"}  # what a GGUF-loaded model carries
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *args, **kwargs: model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *args, **kwargs: _Tokenizer())
+    monkeypatch.setenv("HEADPATCH_CACHE", str(tmp_path / "cache"))
+    return write_tiny_gguf(tmp_path / "tiny.gguf"), tmp_path / "cache"
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_conversion_leaves_nothing_in_the_cache(fake_gguf_loading, monkeypatch, interrupt):
+    import transformers.modeling_utils
+
+    from headpatch.loading import convert_gguf
+
+    gguf, cache = fake_gguf_loading
+
+    def save_half(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 4096)  # a partial shard, as Ctrl-C midway through the write leaves
+        raise interrupt()
+
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", save_half)
+    with pytest.raises(interrupt):
+        convert_gguf(gguf)
+    assert list(cache.iterdir()) == []

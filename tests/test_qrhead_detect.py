@@ -79,12 +79,13 @@ def test_detect_command(tiny_lm, tmp_path):
     assert section["heads"][0] in result.output
 
     builtin = CliRunner().invoke(cli, ["qrhead", "detect", str(checkpoint), "-o", str(out), "--examples", "1",
-                                       "--docs-per-example", "2", "-q"])
+                                       "--docs-per-example", "2", "--overwrite", "-q"])
     assert builtin.exit_code == 0, builtin.output
     detection = json.loads(out.read_text())["qrhead"]["detection"]
     assert detection["data"].startswith("built-in") and detection["examples"] == 1 and detection["k"] == 12
 
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"idx": 1, "question": "q", "paragraphs": [], "gt_docs": []}]))
-    failed = CliRunner().invoke(cli, ["qrhead", "detect", str(checkpoint), "--data", str(bad), "-o", str(out)])
+    failed = CliRunner().invoke(cli, ["qrhead", "detect", str(checkpoint), "--data", str(bad), "-o", str(out),
+                                      "--overwrite"])
     assert isinstance(failed.exception, HeadpatchError) and "empty" in str(failed.exception)

@@ -209,7 +209,7 @@ ERRORS = [  # (what is wrong, the recipe, the message it must get)
     ("qrhead k too large", _mutated("qrhead", "k", 40), r"qrhead\.k=40 is out of range"),
     ("bad setting value", _mutated("pear", "settings", [[20, 1]]),
      r"pear: setting \(20, 1\) needs .* n >= 2"),
-    ("bad training value", _mutated("train", "lr", -1), r"train: training needs .* positive learning rate"),
+    ("bad training value", _mutated("train", "lr", -1), r"train: training needs .* positive, finite learning rate"),
     ("published head outside", _mutated("published", "qrhead_heads", {"heads": ["3-7", "4-0"], "source": "x"}),
      r"published\.qrhead_heads\.heads: head 4-0 is outside the model \(4 layers x 8 heads, 0-indexed\)"),
     ("published head malformed", _mutated("published", "pear_heads", {"heads": ["3:7"], "source": "x"}),

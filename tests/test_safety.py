@@ -555,3 +555,40 @@ def test_an_error_quoting_a_huge_input_is_cut_to_a_readable_line(tmp_path):
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert "unknown key 'xxxx" in result.stderr and len(result.stderr) < 2100
     assert re.search(r"\.\.\. \(\d+ more characters\)$", result.stderr.strip())
+
+
+# The files the export writes itself but builds from the source's (config.json re-emitted, README.md's front matter
+# kept) are read, not carried: a link out of the source would publish the linked file's content.
+
+@pytest.mark.parametrize("name", ["config.json", "README.md"])
+def test_a_config_or_card_linking_outside_the_source_is_one_line_and_writes_nothing(tmp_path, name):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    if name == "config.json":  # a config that loads, with a field only the outside file has
+        outside.write_text(json.dumps({**json.loads((source / name).read_text()), "leak": SECRET}), encoding="utf-8")
+        (source / name).unlink()
+    else:
+        outside.write_text(f"---\nlicense: {SECRET}\n---\nprivate notes\n", encoding="utf-8")
+    (source / name).symlink_to(outside)
+    before, out = _source_bytes(source), tmp_path / "out"
+    _one_line_refusal(_export(source, _patch(tmp_path, model.config), out), out,
+                      f"{re.escape(name)} links to a file outside the checkpoint directory")
+    assert _source_bytes(source) == before and (source / name).is_symlink()
+
+
+def test_a_config_and_card_linking_inside_the_source_are_read(tmp_path):
+    source, model = make_source(tmp_path, "llama", torch.float32, False)
+    (source / "meta").mkdir()
+    for name, text in (("config.json", (source / "config.json").read_text(encoding="utf-8")),
+                       ("README.md", "---\nlicense: apache-2.0\n---\nthe base card\n")):
+        (source / "meta" / name).write_text(text, encoding="utf-8")
+        (source / name).unlink(missing_ok=True)
+        (source / name).symlink_to(Path("meta") / name)
+    out = tmp_path / "out"
+    result = _export(source, _patch(tmp_path, model.config), out)
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config["model_type"] == "llama" and "headpatch" in config
+    assert "license: apache-2.0" in (out / "README.md").read_text(encoding="utf-8")
+    assert not (out / "config.json").is_symlink() and not (out / "README.md").is_symlink()

@@ -66,9 +66,22 @@ def _os_error(exc: OSError) -> str:
 def main() -> None:
     """Console entry point: user errors, and the system's refusals (disk full, read-only or missing paths), become
     one line on stderr and exit code 2."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     try:
-        app()
+        # not standalone: click would print a usage screen and a boxed message for a mistyped flag, not one line
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        exc.show()  # `headpatch` alone, or a group alone: its help, as click prints it
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
+        _fail(f"{exc.format_message()}{where}")
+    except ClickException as exc:
+        _fail(exc.format_message())
     except HeadpatchError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(_os_error(exc))
+    if isinstance(code, int) and code:  # an exit code click returned: 130 after Ctrl-C
+        sys.exit(code)

@@ -37,11 +37,16 @@ def eval_command(
     from headpatch.evaluation.report import RESULTS, summary_markdown, write_report
     from headpatch.evaluation.run import run_eval
     from headpatch.evaluation.saved_answers import AnswerLog, log_path
-    from headpatch.io.atomic import check_output_dir
+    from headpatch.io.atomic import check_apart, check_output_dir
     from headpatch.io.lock import claimed
+    from headpatch.loading import local_source
 
     show = progress_enabled(quiet)
     names = check_tasks(tasks)
+    for name in (model, against):  # a report never goes into a model it reads
+        source = local_source(name) if name not in (None, "none") else None
+        if source is not None:
+            check_apart(output, source, "the evaluated checkpoint")
     check_output_dir(output, overwrite, marker=RESULTS)  # before any model work: a full run takes a while
     with claimed(output):
         check_output_dir(output, overwrite, marker=RESULTS)  # again: a run that held the lock may have written it

@@ -31,15 +31,17 @@ def locate(
     model: flags.Model, output: flags.Output, k: flags.K = LOCATE.k, settings: flags.Settings = DEFAULT_SETTINGS,
     mean_vector: flags.MeanVector = LOCATE.mean_vector, propagation: flags.Propagation = LOCATE.propagation,
     seed: flags.Seed = LOCATE.seed, dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device,
-    revision: flags.Revision = None, quiet: flags.Quiet = False,
+    revision: flags.Revision = None, overwrite: flags.Overwrite = False, quiet: flags.Quiet = False,
 ) -> None:
     """Score every attention head with PEAR and keep the top K suppression heads."""
+    from headpatch.io.atomic import check_output_file
     from headpatch.io.files import write_record
-    from headpatch.loading import load_model
+    from headpatch.loading import load_model, local_source
     from headpatch.pipeline import locate_step
 
     show = progress_enabled(quiet)
     options = LocateOptions(k, parse_settings(settings), mean_vector, propagation, seed)
+    check_output_file(output, overwrite, local_source(model))
     record = locate_step(load_model(model, dtype, device, revision), options, show_progress=show)
     write_record(record, output)
     typer.echo(f"top {k} suppression heads: {', '.join(record.pear.heads)} -> {output}")
@@ -60,14 +62,17 @@ def train(
     """Learn one coefficient per head with the model frozen."""
     from headpatch.architectures import head_layout
     from headpatch.io.files import write_record
+    from headpatch.io.atomic import check_output_file
     from headpatch.io.hub import cached_checkpoint_dir
-    from headpatch.loading import load_model
+    from headpatch.loading import load_model, local_source
     from headpatch.pipeline import check_ia3_dir, heads_record, save_ia3, train_step
 
     show = progress_enabled(quiet)
     options = TrainOptions(steps=steps, batch_size=batch_size, n=n, lr=lr, warmup_steps=warmup_steps, seed=seed)
+    source = local_source(model)
+    check_output_file(output, overwrite, source)
     if ia3 is not None:  # refused before the training run, not after it
-        check_ia3_dir(ia3, overwrite, None)
+        check_ia3_dir(ia3, overwrite, source)
     loaded = load_model(model, dtype, device, revision)
     record = heads_record(loaded, heads)
     if k is not None:
@@ -88,16 +93,19 @@ def tune(
     heads: Annotated[Optional[str], typer.Option(
         help="heads.json from `locate` (its scores rank the heads); default: locate first.")] = None,
     ladder: flags.Ladder = DEFAULT_LADDER, seed: flags.Seed = TUNE.seed, dtype: flags.Dtype = JOB.dtype,
-    device: flags.Device = JOB.device, revision: flags.Revision = None, quiet: flags.Quiet = False,
+    device: flags.Device = JOB.device, revision: flags.Revision = None, overwrite: flags.Overwrite = False,
+    quiet: flags.Quiet = False,
 ) -> None:
     """Choose K and train to convergence: each K of the ladder trained until a held-out copy loss stops improving,
     the best one kept among those within the damage guard on generic text."""
+    from headpatch.io.atomic import check_output_file
     from headpatch.io.files import write_record
-    from headpatch.loading import load_model
+    from headpatch.loading import load_model, local_source
     from headpatch.pipeline import heads_record, locate_step, tune_step
 
     show = progress_enabled(quiet)
     options = dataclasses.replace(TUNE, ladder=parse_ladder(ladder), seed=seed)
+    check_output_file(output, overwrite, local_source(model))
     loaded = load_model(model, dtype, device, revision)
     located = heads_record(loaded, heads) if heads is not None else locate_step(
         loaded, dataclasses.replace(LOCATE, seed=seed), show_progress=show)

@@ -34,11 +34,12 @@ def detect(
         "--yaml", help="also write the heads as a public QRHead YAML file.")] = None,
     prompt_layout: flags.PromptLayout = QRHEAD.layout,
     dtype: flags.Dtype = JOB.dtype, device: flags.Device = JOB.device, revision: flags.Revision = None,
-    quiet: flags.Quiet = False,
+    overwrite: flags.Overwrite = False, quiet: flags.Quiet = False,
 ) -> None:
     """Score every head on labelled examples and keep the top K query-focused retrieval heads."""
+    from headpatch.io.atomic import check_output_file
     from headpatch.io.files import write_record
-    from headpatch.loading import load_model
+    from headpatch.loading import load_model, local_source
     from headpatch.pipeline import qr_k, qrhead_step
     from headpatch.qrhead.detect import detection_examples
     from headpatch.qrhead.prompt import prompt_layout as layout_named
@@ -46,6 +47,12 @@ def detect(
 
     show = progress_enabled(quiet)
     layout_named(prompt_layout)  # an unknown name fails before any model work
+    source = local_source(model)
+    for path in (output, yaml_out):
+        if path is not None:
+            check_output_file(path, overwrite, source)
+    if yaml_out is not None and yaml_out.resolve() == output.resolve():
+        raise HeadpatchError(f"--yaml and -o name the same file {output}")
     chosen, name = detection_examples(data, examples, docs_per_example, seed)
     loaded = load_model(model, dtype, device, revision)
     k = qr_k(loaded, k)  # before the detection run, not after it

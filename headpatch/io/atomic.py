@@ -72,6 +72,24 @@ def check_apart(out: Path, other: Path, what: str) -> None:
         raise HeadpatchError(f"output directory {out} overlaps {what} {other}")
 
 
+def check_output_file(path: Path, overwrite: bool, source: Path | None = None) -> None:
+    """Refuse a file output (a record, a YAML head list) that lies in or on the local source `source` (a checkpoint
+    directory or a .gguf file), is a directory, cannot be created, or exists unless `overwrite` is given. Called
+    before any model work, so a refused run costs nothing and the source is never written."""
+    path = Path(path).resolve()
+    if source is not None:
+        source = source.resolve()
+        if path == source or source in path.parents:
+            raise HeadpatchError(f"output file {path} lies inside the source checkpoint {source}")
+    if path.is_dir():
+        raise HeadpatchError(f"output path {path} is a directory; give a file name")
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise HeadpatchError(f"output file {path} cannot be created: {existing} is not a directory")
+    if path.exists() and not overwrite:
+        raise HeadpatchError(f"output file {path} exists; pass --overwrite to replace it")
+
+
 def _listed(directory: Path) -> set[str] | None:
     """The names in `directory`'s manifest, or None if it has no readable one."""
     try:

@@ -6,6 +6,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -142,3 +143,16 @@ def read_tensor(shard: Shard, name: str) -> torch.Tensor:
         if handle.readinto(buffer) != entry.nbytes:
             raise HeadpatchError(f"{shard.path} is truncated inside tensor {name}")
     return torch.frombuffer(buffer, dtype=TORCH_DTYPES[entry.dtype]).view(entry.shape)
+
+
+def read_config(directory: Path) -> Any:
+    """The transformers config of a local checkpoint directory. transformers validates configs as it builds them and
+    fails on a bad one with whatever its check raised (a ZeroDivisionError for 0 attention heads, a validation error
+    for a NaN size), so every failure is turned into one message."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(directory)
+    except Exception as exc:  # noqa: BLE001 - each model's config class has checks of its own
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HeadpatchError(f"cannot read the config of {directory}: {first}") from exc

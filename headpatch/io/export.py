@@ -22,13 +22,33 @@ from headpatch.io.card import (
     render_card,
     with_evaluation,
 )
-from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_index, resolves_inside, source_roots
+from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_config, read_index, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
 from headpatch.record import PatchRecord
 
 WRITTEN_BY_EXPORT = ("config.json", "README.md", "headpatch.json")
+# Of those, the ones whose source content flows into the export (the config re-emitted, the card's license and front
+# matter): carried_files never looks at them, so they are checked on their own.
+READ_BY_EXPORT = ("config.json", "README.md")
+
+
+def read_source_file(source: Path, name: str) -> Path:
+    """The real path of a source file the export reads and republishes; raise if it links outside the source (or,
+    for a Hub-cache snapshot, its repository's blobs), where it would publish another file's content. A missing file
+    is returned as is: its reader says it is missing."""
+    path = source / name
+    if (path.exists() or path.is_symlink()) and not resolves_inside(path, source_roots(source)):
+        raise HeadpatchError(f"{path} links to a file outside the checkpoint directory")
+    # Read through the resolved path, so a link swapped after this check cannot redirect the read.
+    return path.resolve() if path.exists() else path
+
+
+def check_read_files(source: Path) -> None:
+    """Refuse a source whose config or card links outside it, before anything is read or written."""
+    for name in READ_BY_EXPORT:
+        read_source_file(source, name)
 
 
 def _write_card_and_record(staging: Path, record: PatchRecord, out: Path, base: BaseCard,
@@ -45,6 +65,8 @@ def export_checkpoint(
     """Fold the record's coefficients into a loaded `model` (in place) and save it with metadata and a model card."""
     out = Path(out).resolve()
     check_output_dir(out, overwrite, Path(source_dir) if source_dir else None)
+    if source_dir:
+        check_read_files(Path(source_dir))
     record = record.published()
     layout = head_layout(model.config)
     record.check_fits(layout)
@@ -110,16 +132,11 @@ def stream_export(
     """Fold the record straight over the source's safetensors files into a new checkpoint directory; `warn` gets,
     after the export is written, a line naming the source files not carried because they link outside the source,
     and one when the base model's license is not known. `context` names the Hub repo and the command in the card."""
-    from transformers import AutoConfig
-
     source, out = Path(source).resolve(), Path(out).resolve()
     check_output_dir(out, overwrite, source)
+    check_read_files(source)
     record = record.published()
-    try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise HeadpatchError(f"cannot read the config of {source}: {str(exc).splitlines()[0]}") from exc
-    layout = head_layout(config)
+    layout = head_layout(read_config(source))
     record.check_fits(layout)
     plan = plan_fold(source, layout, record.coefficients())
     check_folds(plan, layout)
@@ -135,7 +152,7 @@ def stream_export(
                 raise HeadpatchError(f"{source / plan.index} changed while it was being exported; run the export "
                                      "again")
         write_folded_shards(plan, layout, staging, show_progress)
-        raw_config = json.loads((source / "config.json").read_text(encoding="utf-8"))
+        raw_config = json.loads(read_source_file(source, "config.json").read_text(encoding="utf-8"))
         raw_config["headpatch"] = record.config_metadata()
         (staging / "config.json").write_text(json.dumps(raw_config, indent=2) + "\n", encoding="utf-8")
         _write_card_and_record(staging, record, out, base, context)

@@ -24,6 +24,9 @@ MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 _MAX_DIMS = 4  # GGML_MAX_DIMS
 _STRING, _ARRAY = 8, 9
+# Real GGUF metadata nests arrays a level or two deep; a file nesting them deeper is corrupt or hostile, and reading
+# it unbounded would overflow Python's stack (a RecursionError traceback) instead of failing with a clear error.
+MAX_ARRAY_DEPTH = 64
 # value type -> struct format of one element (GGUF's scalar types; 8 string and 9 array are read apart)
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
@@ -122,16 +125,19 @@ class _Cursor:
             raise HeadpatchError(printable(f"GGUF file {self.path} is corrupt: {self.what} holds a string that is "
                                            "not UTF-8")) from None
 
-    def value(self, value_type: int) -> Any:
+    def value(self, value_type: int, depth: int = 0) -> Any:
         if value_type == _STRING:
             return self.string()
         if value_type == _ARRAY:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise HeadpatchError(printable(f"GGUF file {self.path} is corrupt: {self.what} nests arrays more "
+                                               f"than {MAX_ARRAY_DEPTH} deep"))
             element_type, count = self.scalar("<I"), self.scalar("<Q")
             if element_type in _SCALARS:  # fixed size: skipped in one step, so a huge count cannot stall
                 self.take(count * struct.calcsize(_SCALARS[element_type]))
             elif element_type in (_STRING, _ARRAY):
                 for _ in range(count):
-                    self.value(element_type)
+                    self.value(element_type, depth + 1)
             else:
                 raise HeadpatchError(printable(f"GGUF file {self.path} is corrupt: {self.what} is an array of "
                                                f"unknown type {element_type}"))

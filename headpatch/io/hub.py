@@ -13,6 +13,7 @@ from headpatch.io.card import LICENSE_PATTERNS
 from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, read_index
 from headpatch.io.files import read_json
 from headpatch.loading import Source
+from headpatch.options import check_repo_id
 
 # Config, generation config, tokenizer files, chat templates, the card and the license: everything an export carries
 # or reads besides the weights.
@@ -101,6 +102,9 @@ class PushOptions:
     private: bool = False
     revision: str | None = None
     commit_message: str | None = None
+
+    def __post_init__(self) -> None:
+        check_repo_id(self.repo_id)
 
     def retry_command(self, folder: Path) -> str:
         """The `headpatch push` command line that repeats this push."""

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import HeadLayout, head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.io.checkpoint import Shard, read_shards, read_tensor, weight_files
+from headpatch.io.checkpoint import Shard, read_config, read_shards, read_tensor, weight_files
 from headpatch.io.files import read_json
 from headpatch.io.stream import plan_fold
 from headpatch.io.summary import checkpoint_record
@@ -61,13 +61,11 @@ def _patched_problem(base: Shard, out: Shard, name: str, layout: HeadLayout, hea
 
 def verify_export(out_dir: Path, base_dir: Path, show_progress: bool = True) -> Verification:
     """Compare an export with its base: same names, shapes and dtypes; bytes equal except the recorded patch."""
-    from transformers import AutoConfig
-
     config = read_json(out_dir / "config.json")
     if not isinstance(config, dict):
         raise HeadpatchError(f"{out_dir / 'config.json'} is not a JSON object")
     record = checkpoint_record(config, str(out_dir))
-    layout = head_layout(AutoConfig.from_pretrained(base_dir))
+    layout = head_layout(read_config(base_dir))
     plan = plan_fold(base_dir, layout, record.coefficients())
     heads_of = {tensor.name: tensor.heads for tensor in plan.patched}
     base_map, out_map = plan.weights, weight_files(out_dir)

@@ -10,6 +10,7 @@ import yaml
 
 from headpatch.errors import HeadpatchError
 from headpatch.heads import Head, format_head, parse_heads
+from headpatch.io.atomic import write_text_atomic
 
 FULL_HEADS = "full_heads"  # the public files' value for "every head" (the ICR baseline)
 
@@ -44,5 +45,4 @@ def write_yaml(path: str | Path, heads: Sequence[Head], model_name_or_path: str)
         {"attn_head_set": ",".join(format_head(h) for h in heads), "model_name_or_path": model_name_or_path},
         sort_keys=False,
     )
-    path.write_text(text, encoding="utf-8")
-    return path
+    return write_text_atomic(path, text)
