@@ -374,6 +374,23 @@ def _evaluate_export(out: Path, model: Path, job: ExportJob, show: bool, say: Sa
     say(f"evaluation report -> {report}")
 
 
+def check_report_matches(out: Path, results: dict[str, Any]) -> None:
+    """Refuse to add a report to a folder that is not a headpatch export, or whose weights the report did not
+    evaluate: compared by the weight files' sha256 where the report recorded it and the folder holds them (a GGUF
+    export's report hashes the de-quantized cache, so it is not compared)."""
+    from headpatch.evaluation.models import folder_weights_hash
+
+    if not (out / "headpatch.json").is_file():
+        raise HeadpatchError(f"{out} is not a headpatch export (no headpatch.json); `card` adds evaluations to "
+                             "exports only")
+    evaluated = results["models"].get("patched") or results["models"].get("model") or {}
+    recorded = (evaluated.get("weights") or {}).get("sha256")
+    held = folder_weights_hash(out)["sha256"]
+    if recorded and held and recorded != held:
+        raise HeadpatchError(f"the report evaluated other weights than {out} holds (sha256 {recorded[:12]}... of "
+                             f"the evaluated model, {held[:12]}... here)")
+
+
 def add_evaluation_to_card(out: Path, results: dict[str, Any], report_link: str) -> None:
     """Add a `headpatch eval` report's table to an export's card, and its figures to the card's model-index."""
     from headpatch.evaluation import summary_markdown

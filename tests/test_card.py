@@ -156,6 +156,26 @@ def test_a_report_that_is_not_a_headpatch_eval_report_is_one_line(tmp_path):
     assert (out / "README.md").read_bytes() == before
 
 
+def test_a_report_goes_only_into_the_export_it_evaluated(tmp_path):
+    from headpatch.evaluation.models import folder_weights_hash
+
+    out, report = _export_and_report_dirs(tmp_path)
+    results = _results(0.7)
+    for folder, weights, words in [
+        (tmp_path / "llama-source", None, "is not a headpatch export"),  # the base checkpoint itself
+        (out, "0" * 64, "evaluated other weights"),
+    ]:
+        results["models"]["patched"]["weights"] = {"sha256": weights}
+        (report / "results.json").write_text(json.dumps(results), encoding="utf-8")
+        before = (folder / "README.md").read_bytes()
+        result = invoke("card", str(folder), "--eval", str(report))
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+        assert (folder / "README.md").read_bytes() == before
+    results["models"]["patched"]["weights"] = folder_weights_hash(out)
+    (report / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    assert invoke("card", str(out), "--eval", str(report)).exit_code == 0
+
+
 def test_the_card_names_the_command_without_local_paths_and_the_push_repo_in_its_snippet(tmp_path, monkeypatch):
     from headpatch.io.card import public_command
 

@@ -89,11 +89,12 @@ def card(
     which the Hub shows as evaluation results."""
     from headpatch.errors import HeadpatchError
     from headpatch.io.files import read_json
-    from headpatch.pipeline import add_evaluation_to_card
+    from headpatch.pipeline import add_evaluation_to_card, check_report_matches
 
     results = read_json(eval_report / "results.json", "evaluation results")
     link = os.path.relpath(eval_report / "report.md", folder)
     try:
+        check_report_matches(folder, results)
         add_evaluation_to_card(folder, results, link)
     except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a results.json not written by headpatch eval
         raise HeadpatchError(f"{eval_report / 'results.json'} is not a `headpatch eval` report ({exc!r})") from None

@@ -25,7 +25,11 @@ def _file_sha256(path: Path) -> str:
 
 def weights_hash(loaded: LoadedModel) -> dict[str, Any]:
     """sha256 of every weight file of the checkpoint, and one sha256 over the list (name and hash of each)."""
-    folder = cached_checkpoint_dir(loaded.source)
+    return folder_weights_hash(cached_checkpoint_dir(loaded.source))
+
+
+def folder_weights_hash(folder: Path | None) -> dict[str, Any]:
+    """weights_hash of the checkpoint directory `folder` (None: not on disk)."""
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder else []
     if not files:
         return {"sha256": None, "files": {}, "note": "weight files not found on disk"}
