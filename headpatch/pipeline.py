@@ -267,9 +267,9 @@ class ExportOutcome:
 
 def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, context: CardContext) -> Path:
     """The no-model-load path: fold a trained patch over the source's safetensors files."""
+    from headpatch.io.checkpoint import read_config
     from headpatch.io.export import stream_export
     from headpatch.io.hub import checkpoint_dir
-    from headpatch.io.checkpoint import read_config
     from headpatch.loading import resolve_source
 
     source = resolve_source(job.model, job.revision)
@@ -311,10 +311,10 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
     `command`, the command line as io.card.public_command gives it, goes into the card."""
     from headpatch.io.atomic import check_output_dir
     from headpatch.io.card import CardContext
-    from headpatch.io.files import read_record
-    from headpatch.io.hub import PushOptions, cached_checkpoint_dir, push_folder
     from headpatch.io.checkpoint import weight_files
     from headpatch.io.export import check_read_files
+    from headpatch.io.files import read_record
+    from headpatch.io.hub import PushOptions, cached_checkpoint_dir, push_folder
     from headpatch.loading import gguf_source, load_model, local_source
     from headpatch.qrhead.detect import detection_examples
 

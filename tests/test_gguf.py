@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
-from huggingface_hub import ModelCard
 from gguf.quants import dequantize, quantize
+from huggingface_hub import ModelCard
 
 from headpatch.errors import HeadpatchError
 from headpatch.io.gguf_export import (
@@ -329,3 +329,24 @@ def test_an_interrupted_conversion_leaves_nothing_in_the_cache(fake_gguf_loading
     with pytest.raises(interrupt):
         convert_gguf(gguf)
     assert list(cache.iterdir()) == []
+
+
+def test_a_conversion_removes_what_a_killed_one_left_and_keeps_a_live_one(fake_gguf_loading):
+    import os
+    import subprocess
+    import sys
+
+    from headpatch.loading import _gguf_cache_key, convert_gguf
+
+    gguf, cache = fake_gguf_loading
+    name = f"{gguf.stem}-{_gguf_cache_key(gguf)}"
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                              capture_output=True, text=True).stdout)
+    killed = cache / f".{name}.partial-{gone}-abc"  # its process has exited, as after a SIGKILL
+    live = cache / f".{name}.partial-{os.getpid()}-def"  # this process is alive: still being written
+    for directory in (killed, live):
+        directory.mkdir(parents=True)
+        (directory / "model.safetensors").write_bytes(b"\0" * 4096)
+    target = convert_gguf(gguf)
+    assert (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+    assert sorted(p.name for p in cache.iterdir()) == sorted([name, live.name])

@@ -19,7 +19,7 @@ LAYERS = [
     {"headpatch.pear", "headpatch.qrhead", "headpatch.evaluation", "headpatch.io"},
     {"headpatch.loading", "headpatch.runtime", "headpatch.essays"},
     {"headpatch.record", "headpatch.options", "headpatch.typed", "headpatch.architectures", "headpatch.heads",
-     "headpatch.errors", "headpatch._version", "headpatch.stats"},
+     "headpatch.errors", "headpatch._version", "headpatch.stats", "headpatch.staging"},
 ]
 # What one method or io package may take from another (everything else between them is forbidden).
 ALLOWED_ACROSS = {

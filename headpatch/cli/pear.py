@@ -61,8 +61,8 @@ def train(
 ) -> None:
     """Learn one coefficient per head with the model frozen."""
     from headpatch.architectures import head_layout
-    from headpatch.io.files import write_record
     from headpatch.io.atomic import check_output_file
+    from headpatch.io.files import write_record
     from headpatch.io.hub import cached_checkpoint_dir
     from headpatch.loading import load_model, local_source
     from headpatch.pipeline import check_ia3_dir, heads_record, save_ia3, train_step

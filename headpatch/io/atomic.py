@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from headpatch.errors import HeadpatchError
+from headpatch.staging import new_staging_dir, remove_stale_staging
 
 _RENAME_NOREPLACE = 1  # linux/fs.h
 _AT_FDCWD = -100
@@ -265,32 +266,6 @@ def publish_dir(staging: Path, out: Path, overwrite: bool = False, marker: str =
     fsync_dir(out.parent)
 
 
-def _staging_prefix(out: Path) -> str:
-    return f".{out.name}.partial-"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
-def remove_stale_staging(out: Path) -> list[Path]:
-    """Remove staging directories of `out` whose process is gone (killed by SIGKILL or a power cut); return them.
-    Their names carry the writer's process id, so a run still writing is left alone."""
-    removed = []
-    for path in out.parent.glob(_staging_prefix(out) + "*"):
-        pid = path.name[len(_staging_prefix(out)):].split("-", 1)[0]
-        if path.is_dir() and not path.is_symlink() and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
 class _Terminated(BaseException):
     """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt so the staging directory is removed, then the
     process exits with 128 + the signal number, as the shell reports a signalled process."""
@@ -329,7 +304,7 @@ def staged_output(out: Path, overwrite: bool = False, marker: str = "headpatch.j
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out)
     with _cleanup_on_signals():
-        staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(out)}{os.getpid()}-", dir=out.parent))
+        staging = new_staging_dir(out)
         try:
             yield staging
             publish_dir(staging, out, overwrite, marker)
