@@ -82,6 +82,8 @@ class TrainOptions:
         if self.steps < 1 or self.batch_size < 1 or self.n < 2 or not 0 < self.lr < math.inf:
             raise HeadpatchError("training needs steps >= 1, batch size >= 1, n >= 2 and a positive, finite "
                                  f"learning rate (got lr {self.lr})")
+        if self.warmup_steps < 0:
+            raise HeadpatchError(f"training needs warm-up steps >= 0 (got {self.warmup_steps})")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,8 @@ class TuneOptions:
     def __post_init__(self) -> None:
         if not self.ladder or any(k < 1 for k in self.ladder):
             raise HeadpatchError("the K ladder needs at least one K, each at least 1")
+        if self.warmup_steps < 0:
+            raise HeadpatchError(f"tuning needs warm-up steps >= 0 (got {self.warmup_steps})")
         thresholds = (self.min_improvement, self.max_perplexity_increase, self.max_kl)
         if not 0 < self.lr < math.inf or not all(0 <= value < math.inf for value in thresholds):
             raise HeadpatchError("tuning needs a positive, finite learning rate and non-negative, finite thresholds")

@@ -267,7 +267,7 @@ class ExportOutcome:
 
 def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, context: CardContext) -> Path:
     """The no-model-load path: fold a trained patch over the source's safetensors files."""
-    from headpatch.io.checkpoint import read_config
+    from headpatch.io.checkpoint import built_config
     from headpatch.io.export import stream_export
     from headpatch.io.hub import checkpoint_dir
     from headpatch.loading import resolve_source
@@ -278,7 +278,7 @@ def _fold_patch(job: ExportJob, record: PatchRecord, show: bool, say: Say, conte
         check_ia3_dir(job.ia3, job.export.overwrite, directory)
     out = stream_export(directory, record, job.export.output, job.export.overwrite, show_progress=show,
                         warn=lambda message: say(message, err=True), context=context)
-    _save_ia3(head_layout(read_config(directory)), source.reference, record, job, directory, say)
+    _save_ia3(head_layout(built_config(directory)), source.reference, record, job, directory, say)
     return out
 
 

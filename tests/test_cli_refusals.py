@@ -63,7 +63,7 @@ def test_qrhead_yaml_output_is_checked_before_detection(tiny_dir, tmp_path):
     (tmp_path / "file").write_text("x", encoding="utf-8")
     heads = tmp_path / "heads.json"
     for yaml_out, words in [(tmp_path / "file" / "x.yaml", "is not a directory"),
-                            (tiny_dir / "heads.yaml", "inside the source"), (heads, "the same file")]:
+                            (tiny_dir / "heads.yaml", "inside the source"), (heads, "overlap")]:
         result = invoke("qrhead", "detect", str(tiny_dir), "-o", str(heads), "--yaml", str(yaml_out), "-q")
         _refused(result, words)
         assert not heads.exists()
@@ -140,7 +140,7 @@ def test_a_source_without_safetensors_weights_is_refused_before_training_and_lea
     torch.save(load_file(source / "model.safetensors"), source / "pytorch_model.bin")
     (source / "model.safetensors").unlink()
     before, out, adapter = _tree(source), tmp_path / "out", tmp_path / "adapter"
-    result = invoke("export", str(source), "--heads", "0-1", "-o", str(out), "--ia3", str(adapter), "--k", "1",
+    result = invoke("export", str(source), "--heads", "0-1", "-o", str(out), "--ia3", str(adapter),
                     *QUICK_TRAIN)
     _refused(result, "no safetensors weights")
     assert _tree(source) == before and not out.exists() and not adapter.exists()
@@ -170,3 +170,50 @@ def test_the_refusals_leave_a_source_path_argument_alone(tmp_path):
     result = invoke("locate", str(source), "-o", str(out), "--k", "2", "--settings", "4x6", "-q")
     assert result.exit_code == 0, result.stderr
     assert Path(out).is_file()
+
+
+def test_a_report_never_goes_into_the_model_an_export_names_as_its_source(tmp_path, monkeypatch):
+    source, _ = make_source(tmp_path, "llama", torch.float32, False)
+    monkeypatch.chdir(tmp_path)  # the record names a local source by its directory name, found from here
+    out = tmp_path / "out"
+    assert invoke("export", str(source), "--heads", "0-1", "-o", str(out), *QUICK_TRAIN).exit_code == 0
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["headpatch"]["source"] == source.name
+    before = _tree(source)
+    # no --against: the comparison is the source its config.json names
+    _refused(invoke("eval", str(out), "-o", str(source / "report"), "--tasks", "ppl", "--quick", "-q"), "overlaps")
+    assert _tree(source) == before
+
+
+def test_two_outputs_of_one_command_may_not_overlap(tiny_dir, tmp_path):
+    cases = [
+        (["train", str(tiny_dir), "--heads", "0-1", "-o", str(tmp_path / "same"), "--ia3", str(tmp_path / "same"),
+          *QUICK_TRAIN], "overlap"),
+        (["train", str(tiny_dir), "--heads", "0-1", "-o", str(tmp_path / "ad" / "p.json"), "--ia3",
+          str(tmp_path / "ad"), *QUICK_TRAIN], "overlap"),
+        (["qrhead", "detect", str(tiny_dir), "-o", str(tmp_path / "qy" / "h.json"), "--yaml", str(tmp_path / "qy"),
+          "-q"], "overlap"),
+        (["qrhead", "detect", str(tiny_dir), "-o", str(tmp_path / "qz"), "--yaml", str(tmp_path / "qz" / "x.yaml"),
+          "-q"], "overlap"),
+    ]
+    for args, words in cases:
+        _refused(invoke(*args), words)
+    assert not any(tmp_path.glob("same")) and not any(tmp_path.glob("ad")) and not any(tmp_path.glob("q*"))
+
+
+def test_rerank_refuses_deeply_nested_passages_and_a_top_k_below_one(tmp_path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text("[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    _refused(invoke("rerank", str(tmp_path), "--query", "q", "--docs", str(deep)), "line 1: not valid JSON")
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('"a passage"\n', encoding="utf-8")
+    _refused(invoke("rerank", str(tmp_path), "--query", "q", "--docs", str(docs), "--top-k", "-1"),
+             "--top-k must be at least 1")
+
+
+def test_negative_warmup_and_k_beside_given_heads_are_refused(tiny_dir, tmp_path):
+    patch = tmp_path / "patch.json"
+    _refused(invoke("train", str(tiny_dir), "--heads", "0-1", "-o", str(patch), *QUICK_TRAIN, "--warmup-steps", "-5"),
+             "warm-up steps >= 0")
+    _refused(invoke("export", str(tiny_dir), "--heads", "0-1", "--k", "999", "-o", str(tmp_path / "out"),
+                    *QUICK_TRAIN), "with --heads or --patch the heads are given")
+    assert not patch.exists() and not (tmp_path / "out").exists()

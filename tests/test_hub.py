@@ -235,3 +235,29 @@ def test_verify_passes_an_honest_export_and_catches_tampering(exported, tmp_path
     assert bad.exit_code == 1
     assert "UNEXPECTED model.layers.1.mlp.down_proj.weight: changed, but the patch does not touch it" in bad.output
     assert "UNEXPECTED model.layers.2.self_attn.o_proj.weight: differs from base × recorded coefficients" in bad.output
+
+
+def test_a_gguf_export_is_pushed_and_a_folder_that_is_no_export_or_links_out_is_not(fake_hub, tmp_path):
+    from tests.gguf_files import gguf_record, write_tiny_gguf
+
+    hub = fake_hub()
+    source = write_tiny_gguf(tmp_path / "tiny.gguf")
+    patch = tmp_path / "gguf-patch.json"
+    patch.write_text(gguf_record({(0, 1): 0.7, (2, 3): 1.3}).to_text(), encoding="utf-8")
+    result = CliRunner().invoke(app, ["export", str(source), "--patch", str(patch), "-o", str(tmp_path / "gout"),
+                                      "--gguf", "-q", "--push-to-hub", "me/pear"])
+    assert result.exit_code == 0, result.output
+    assert {"tiny-pear.gguf", "README.md", "headpatch.json"} <= set(hub.commit()[1])
+    plain, model = make_source(tmp_path, "llama", torch.float32, False)  # a checkpoint, not an export
+    with pytest.raises(HeadpatchError, match="not a headpatch export"):
+        push_folder(plain, PushOptions("me/pear"))
+    out = tmp_path / "out"
+    write_record(make_record(model.config, COEFFICIENTS), tmp_path / "patch.json")
+    assert CliRunner().invoke(app, ["export", str(plain), "--patch", str(tmp_path / "patch.json"), "-o", str(out),
+                                    "-q"]).exit_code == 0
+    (tmp_path / "secret").write_text(SECRET, encoding="utf-8")
+    (out / "notes.txt").symlink_to(tmp_path / "secret")
+    commits = len([r for r in hub.requests if "/commit/" in r.url.path])
+    with pytest.raises(HeadpatchError, match="links out of it"):
+        push_folder(out, PushOptions("me/pear"))
+    assert len([r for r in hub.requests if "/commit/" in r.url.path]) == commits

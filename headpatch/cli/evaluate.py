@@ -10,6 +10,7 @@ import typer
 from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
 from headpatch.cli.flags import JOB
+from headpatch.errors import HeadpatchError
 from headpatch.evaluation.registry import TASK_NAMES
 
 
@@ -33,6 +34,7 @@ def eval_command(
     Generated answers are kept beside the report directory (.NAME.answers.jsonl) as they come, so the same command
     run again after an interruption answers only what is left; the file goes once the report is written.
     """
+    from headpatch.evaluation.models import NO_REFERENCE
     from headpatch.evaluation.registry import check_tasks
     from headpatch.evaluation.report import RESULTS, summary_markdown, write_report
     from headpatch.evaluation.run import run_eval
@@ -43,9 +45,9 @@ def eval_command(
 
     show = progress_enabled(quiet)
     names = check_tasks(tasks)
-    for name in (model, against):  # a report never goes into a model it reads
-        source = local_source(name) if name not in (None, "none") else None
-        if source is not None:
+    for name in (model, *(_default_references(model) if against is None else [against])):
+        source = local_source(name) if name != NO_REFERENCE else None
+        if source is not None:  # a report never goes into a model it reads
             check_apart(output, source, "the evaluated checkpoint")
     check_output_dir(output, overwrite, marker=RESULTS)  # before any model work: a full run takes a while
     with claimed(output):
@@ -59,3 +61,20 @@ def eval_command(
         log.remove()
     typer.echo(summary_markdown(results))
     typer.echo(f"report -> {out}")
+
+
+def _default_references(model: str) -> list[str]:
+    """What `eval` compares a local export with when no --against is given: the models its config.json names (read
+    as plain data, before anything loads); none for anything else or a config that cannot be read."""
+    from headpatch.evaluation.models import metadata_names
+    from headpatch.io.files import read_json
+    from headpatch.loading import local_source
+
+    source = local_source(model)
+    if source is None or not (source / "config.json").is_file():
+        return []
+    try:
+        config = read_json(source / "config.json")
+    except HeadpatchError:  # loading it will say what is wrong
+        return []
+    return metadata_names(config.get("headpatch") if isinstance(config, dict) else None)

@@ -61,7 +61,7 @@ def train(
 ) -> None:
     """Learn one coefficient per head with the model frozen."""
     from headpatch.architectures import head_layout
-    from headpatch.io.atomic import check_output_file
+    from headpatch.io.atomic import check_output_file, overlap
     from headpatch.io.files import write_record
     from headpatch.io.hub import cached_checkpoint_dir
     from headpatch.loading import load_model, local_source
@@ -73,6 +73,8 @@ def train(
     check_output_file(output, overwrite, source)
     if ia3 is not None:  # refused before the training run, not after it
         check_ia3_dir(ia3, overwrite, source)
+        if overlap(ia3, output):
+            raise HeadpatchError(f"--ia3 {ia3} and -o {output} overlap: give the adapter a directory of its own")
     loaded = load_model(model, dtype, device, revision)
     record = heads_record(loaded, heads)
     if k is not None:
@@ -206,6 +208,9 @@ def export(
     if fixed or job.heads is not None or job.patch is not None:
         if fixed and "ladder" in given:
             raise HeadpatchError("--ladder chooses K by tuning and --k/--steps fix it: give one or the other")
+        if k is not None and (job.heads is not None or job.patch is not None):
+            raise HeadpatchError("--k picks how many located heads to patch; with --heads or --patch the heads are "
+                                 "given (re-pick from a heads.json with `headpatch train --heads FILE --k K`)")
         job = dataclasses.replace(job, tune=None)
     _refuse_fixed_training_flags(given, job)
     if dry_run:

@@ -37,7 +37,7 @@ def detect(
     overwrite: flags.Overwrite = False, quiet: flags.Quiet = False,
 ) -> None:
     """Score every head on labelled examples and keep the top K query-focused retrieval heads."""
-    from headpatch.io.atomic import check_output_file
+    from headpatch.io.atomic import check_output_file, overlap
     from headpatch.io.files import write_record
     from headpatch.loading import load_model, local_source
     from headpatch.pipeline import qr_k, qrhead_step
@@ -51,8 +51,8 @@ def detect(
     for path in (output, yaml_out):
         if path is not None:
             check_output_file(path, overwrite, source)
-    if yaml_out is not None and yaml_out.resolve() == output.resolve():
-        raise HeadpatchError(f"--yaml and -o name the same file {output}")
+    if yaml_out is not None and overlap(yaml_out, output):
+        raise HeadpatchError(f"--yaml {yaml_out} and -o {output} overlap: give two separate files")
     chosen, name = detection_examples(data, examples, docs_per_example, seed)
     loaded = load_model(model, dtype, device, revision)
     k = qr_k(loaded, k)  # before the detection run, not after it
@@ -74,8 +74,8 @@ def _read_docs(path: Path) -> list[Any]:
             continue
         try:
             docs.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise HeadpatchError(f"{path}, line {number}: not valid JSON: {exc}") from exc
+        except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or int() refusing huge numbers
+            raise HeadpatchError(f"{path}, line {number}: not valid JSON: {str(exc)[:200]}") from None
     if not docs:
         raise HeadpatchError(f"{path} holds no passages")
     return docs
@@ -98,6 +98,8 @@ def rerank(
     from headpatch.qrhead.retriever import QRRetriever, as_documents
 
     progress_enabled(quiet)
+    if top_k < 1:
+        raise HeadpatchError(f"--top-k must be at least 1, not {top_k}")
     documents = as_documents(_read_docs(docs))
     retriever = QRRetriever.from_pretrained(checkpoint, dtype, device, truncate, prompt_layout)
     for rank, (index, score) in enumerate(retriever.rerank(query, documents, top_k), 1):

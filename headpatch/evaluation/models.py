@@ -59,7 +59,11 @@ def identity(loaded: LoadedModel) -> dict[str, Any]:
 def metadata_references(loaded: LoadedModel) -> list[str]:
     """The models an export's metadata names as where it came from: `source` first (what the user typed at export,
     e.g. an alias that loads offline), then `base_model`."""
-    metadata = getattr(loaded.model.config, "headpatch", None)
+    return metadata_names(getattr(loaded.model.config, "headpatch", None))
+
+
+def metadata_names(metadata: Any) -> list[str]:
+    """metadata_references from the `headpatch` entry of an export's config.json, read as plain data."""
     if not isinstance(metadata, dict):
         return []
     names = [metadata.get("source"), metadata.get("base_model")]

@@ -66,11 +66,16 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
+def overlap(one: Path, other: Path) -> bool:
+    """Whether two paths are the same or one lies inside the other, once links are resolved."""
+    one, other = Path(one).resolve(), Path(other).resolve()
+    return one == other or other in one.parents or one in other.parents
+
+
 def check_apart(out: Path, other: Path, what: str) -> None:
     """Refuse an output directory that is, holds or lies inside `other` (`what` names it in the message)."""
-    out, other = out.resolve(), other.resolve()
-    if out == other or other in out.parents or out in other.parents:
-        raise HeadpatchError(f"output directory {out} overlaps {what} {other}")
+    if overlap(out, other):
+        raise HeadpatchError(f"output directory {out.resolve()} overlaps {what} {other.resolve()}")
 
 
 def check_output_file(path: Path, overwrite: bool, source: Path | None = None) -> None:

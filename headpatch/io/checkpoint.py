@@ -145,7 +145,7 @@ def read_tensor(shard: Shard, name: str) -> torch.Tensor:
     return torch.frombuffer(buffer, dtype=TORCH_DTYPES[entry.dtype]).view(entry.shape)
 
 
-def read_config(directory: Path) -> Any:
+def built_config(directory: Path) -> Any:
     """The transformers config of a local checkpoint directory. transformers validates configs as it builds them and
     fails on a bad one with whatever its check raised (a ZeroDivisionError for 0 attention heads, a validation error
     for a NaN size), so every failure is turned into one message."""

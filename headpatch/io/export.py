@@ -22,7 +22,7 @@ from headpatch.io.card import (
     render_card,
     with_evaluation,
 )
-from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, read_config, read_index, resolves_inside, source_roots
+from headpatch.io.checkpoint import OTHER_WEIGHT_PATTERNS, built_config, read_index, resolves_inside, source_roots
 from headpatch.io.files import write_record
 from headpatch.io.stream import check_folds, plan_fold, write_folded_shards
 from headpatch.pear.fold import fold_model
@@ -136,7 +136,7 @@ def stream_export(
     check_output_dir(out, overwrite, source)
     check_read_files(source)
     record = record.published()
-    layout = head_layout(read_config(source))
+    layout = head_layout(built_config(source))
     record.check_fits(layout)
     plan = plan_fold(source, layout, record.coefficients())
     check_folds(plan, layout)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.errors import HeadpatchError
-from headpatch.io.atomic import MANIFEST
+from headpatch.io.atomic import MANIFEST, overlap
 from headpatch.io.card import LICENSE_PATTERNS
 from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, read_index
 from headpatch.io.files import read_json
@@ -123,8 +123,15 @@ def push_folder(folder: Path, options: PushOptions) -> str:
     from huggingface_hub import HfApi
 
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise HeadpatchError(f"{folder} is not an exported checkpoint (no config.json)")
+    # headpatch.json is written by both kinds of export (a transformers folder, a GGUF file with its card)
+    if not (folder / "headpatch.json").is_file():
+        raise HeadpatchError(f"{folder} is not a headpatch export (no headpatch.json)")
+    # the upload follows links, which an export never holds: one out of the folder would publish another file
+    outside = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
+                     if path.is_symlink() and not overlap(path, folder))
+    if outside:
+        raise HeadpatchError(f"{folder} holds links out of it ({', '.join(outside[:5])}); refusing to upload what "
+                             "they point to")
     api = HfApi()  # the token comes from HF_TOKEN or the stored login; it is never passed through our code
     message = options.commit_message or f"Upload {folder.name} patched with headpatch"
     try:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from headpatch.architectures import HeadLayout, head_layout
 from headpatch.errors import HeadpatchError
-from headpatch.io.checkpoint import Shard, read_config, read_shards, read_tensor, weight_files
+from headpatch.io.checkpoint import Shard, built_config, read_shards, read_tensor, weight_files
 from headpatch.io.files import read_json
 from headpatch.io.stream import plan_fold
 from headpatch.io.summary import checkpoint_record
@@ -65,7 +65,7 @@ def verify_export(out_dir: Path, base_dir: Path, show_progress: bool = True) -> 
     if not isinstance(config, dict):
         raise HeadpatchError(f"{out_dir / 'config.json'} is not a JSON object")
     record = checkpoint_record(config, str(out_dir))
-    layout = head_layout(read_config(base_dir))
+    layout = head_layout(built_config(base_dir))
     plan = plan_fold(base_dir, layout, record.coefficients())
     heads_of = {tensor.name: tensor.heads for tensor in plan.patched}
     base_map, out_map = plan.weights, weight_files(out_dir)
