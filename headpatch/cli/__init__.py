@@ -63,25 +63,32 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where}"
 
 
+def _click_error(exc: Exception) -> str | None:
+    """What kind of click error `exc` is, by class name: newer typer ships its own copy of click, older typer uses
+    click itself, so the classes cannot be imported from one place."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return next((name for name in ("NoArgsIsHelpError", "UsageError", "ClickException") if name in names), None)
+
+
 def main() -> None:
     """Console entry point: user errors, and the system's refusals (disk full, read-only or missing paths), become
     one line on stderr and exit code 2."""
-    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
-
     try:
         # not standalone: click would print a usage screen and a boxed message for a mistyped flag, not one line
         code = app(standalone_mode=False)
-    except NoArgsIsHelpError as exc:
-        exc.show()  # `headpatch` alone, or a group alone: its help, as click prints it
-        sys.exit(exc.exit_code)
-    except UsageError as exc:
-        where = f" (see {exc.ctx.command_path} --help)" if exc.ctx is not None else ""
-        _fail(f"{exc.format_message()}{where}")
-    except ClickException as exc:
-        _fail(exc.format_message())
     except HeadpatchError as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(_os_error(exc))
+    except Exception as exc:
+        kind = _click_error(exc)
+        if kind is None:
+            raise
+        if kind == "NoArgsIsHelpError":
+            exc.show()  # `headpatch` alone, or a group alone: its help, as click prints it
+            sys.exit(exc.exit_code)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if kind == "UsageError" and ctx is not None else ""
+        _fail(f"{exc.format_message()}{where}")
     if isinstance(code, int) and code:  # an exit code click returned: 130 after Ctrl-C
         sys.exit(code)
