@@ -330,10 +330,6 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
         check_ia3_dir(job.ia3, job.export.overwrite, source, job.export.output)
     push = job.export.push_to_hub
     context = CardContext(repo_id=push, command=command)
-    if gguf is None and source is not None and source.is_dir():
-        # before training: a config or card linking outside the source, or weights the export cannot fold (.bin)
-        check_read_files(source)
-        weight_files(source)
     record = read_record(job.patch) if job.patch is not None else None
     qr_examples = None  # read before any model work, so bad data fails fast
     if job.qrhead.data is not None:
@@ -343,6 +339,10 @@ def run_export(job: ExportJob, say: Say = _print, command: str | None = None) ->
         model = _fold_gguf(job, gguf, record, show, say, context) if gguf is not None else \
             _fold_patch(job, record, show, say, context)
     else:
+        if gguf is None and source is not None and source.is_dir():
+            # before training, not at the fold: a config or card linking outside, weights it cannot fold (.bin)
+            check_read_files(source)
+            weight_files(source)
         loaded = load_model(job.model, job.dtype, job.device, job.revision)
         record = _computed_record(job, loaded, record, qr_examples, show)
         model = _fold_gguf(job, gguf, record, show, say, context) if gguf is not None else \

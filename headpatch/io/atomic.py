@@ -78,6 +78,12 @@ def check_apart(out: Path, other: Path, what: str) -> None:
         raise HeadpatchError(f"output directory {out.resolve()} overlaps {what} {other.resolve()}")
 
 
+def _check_creatable(path: Path, what: str) -> None:
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise HeadpatchError(f"{what} {path} cannot be created: {existing} is not a directory")
+
+
 def check_output_file(path: Path, overwrite: bool, source: Path | None = None) -> None:
     """Refuse a file output (a record, a YAML head list) that lies in or on the local source `source` (a checkpoint
     directory or a .gguf file), is a directory, cannot be created, or exists unless `overwrite` is given. Called
@@ -89,9 +95,7 @@ def check_output_file(path: Path, overwrite: bool, source: Path | None = None) -
             raise HeadpatchError(f"output file {path} lies inside the source checkpoint {source}")
     if path.is_dir():
         raise HeadpatchError(f"output path {path} is a directory; give a file name")
-    existing = next(parent for parent in path.parents if parent.exists())
-    if not existing.is_dir():
-        raise HeadpatchError(f"output file {path} cannot be created: {existing} is not a directory")
+    _check_creatable(path, "output file")
     if path.exists() and not overwrite:
         raise HeadpatchError(f"output file {path} exists; pass --overwrite to replace it")
 
@@ -154,9 +158,7 @@ def check_output_dir(
     out = out.resolve()
     if source_dir is not None:
         check_apart(out, source_dir, "the source checkpoint")
-    existing = next(parent for parent in out.parents if parent.exists())
-    if not existing.is_dir():
-        raise HeadpatchError(f"output directory {out} cannot be created: {existing} is not a directory")
+    _check_creatable(out, "output directory")
     if out.exists():
         if not out.is_dir():
             raise HeadpatchError(f"output path {out} exists and is not a directory")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from headpatch.errors import HeadpatchError
-from headpatch.io.atomic import MANIFEST, overlap
+from headpatch.io.atomic import MANIFEST
 from headpatch.io.card import LICENSE_PATTERNS
-from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, read_index
+from headpatch.io.checkpoint import INDEX_FILE, SINGLE_FILE, read_index, resolves_inside
 from headpatch.io.files import read_json
 from headpatch.loading import Source
 from headpatch.options import check_repo_id
@@ -128,7 +128,7 @@ def push_folder(folder: Path, options: PushOptions) -> str:
         raise HeadpatchError(f"{folder} is not a headpatch export (no headpatch.json)")
     # the upload follows links, which an export never holds: one out of the folder would publish another file
     outside = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*")
-                     if path.is_symlink() and not overlap(path, folder))
+                     if path.is_symlink() and not resolves_inside(path, (folder.resolve(),)))
     if outside:
         raise HeadpatchError(f"{folder} holds links out of it ({', '.join(outside[:5])}); refusing to upload what "
                              "they point to")
