@@ -53,6 +53,44 @@ NEEDLES: tuple[Fact, ...] = (
 )
 
 
+# A second set of invented needles, written on 2026-11-30 after the full niah result on NEEDLES was known
+# (+0.033 [0.000, +0.068], not shown) and committed before any model answered them: `niah2` asks them, so that a
+# replication does not reuse needles whose outcome was already seen. Never used to choose a setting or a patch.
+NEEDLES_2: tuple[Fact, ...] = (
+    Fact("The bell in the clock tower of Ashcombe is nicknamed Old Grumble.",
+         "What is the bell in the clock tower of Ashcombe nicknamed?", ("Grumble",)),
+    Fact("The innkeeper of the Rusty Anchor in Dunhollow keeps a parrot named Admiral Pickle.",
+         "What is the name of the parrot kept by the innkeeper of the Rusty Anchor in Dunhollow?",
+         ("Admiral", "Pickle")),
+    Fact("The Brackenridge choir always rehearses inside an abandoned windmill.",
+         "Where does the Brackenridge choir rehearse?", ("windmill",)),
+    Fact("The favourite colour of the painter Oswin Farrell is burnt orange.",
+         "What is the favourite colour of the painter Oswin Farrell?", ("burnt", "orange")),
+    Fact("The annual festival in Lowbury Cross celebrates a giant wheel of cheese.",
+         "What does the annual festival in Lowbury Cross celebrate?", ("cheese",)),
+    Fact("The missing crown of King Aldous was found inside a hollow oak.",
+         "Where was the missing crown of King Aldous found?", ("hollow", "oak")),
+    Fact("The librarian of Mossgate reads every evening by the light of a green lantern.",
+         "By what light does the librarian of Mossgate read every evening?", ("green", "lantern")),
+    Fact("The racing pigeon that won the Thornfield cup is called Swift Nellie.",
+         "What is the racing pigeon that won the Thornfield cup called?", ("Swift", "Nellie")),
+    Fact("The blacksmith of Coldharbour Lane forges horseshoes from melted church bells.",
+         "What does the blacksmith of Coldharbour Lane forge horseshoes from?", ("church", "bells")),
+    Fact("The oldest resident of Fernhill Village is a retired sailor named Barnaby Quist.",
+         "Who is the oldest resident of Fernhill Village?", ("Barnaby", "Quist")),
+    Fact("The emblem on the flag of Port Elsmere is a golden octopus.",
+         "What is the emblem on the flag of Port Elsmere?", ("golden", "octopus")),
+    Fact("The winning entry at the Hatherleigh baking contest was a lemon sponge cake.",
+         "What was the winning entry at the Hatherleigh baking contest?", ("lemon", "sponge")),
+    Fact("The lost diary of explorer Marguerite Holloway was hidden behind a loose brick.",
+         "Where was the lost diary of explorer Marguerite Holloway hidden?", ("brick",)),
+    Fact("The miners of Redcliffe Gorge sing a work song called The Lantern Waltz.",
+         "What work song do the miners of Redcliffe Gorge sing?", ("Lantern", "Waltz")),
+    Fact("The guardian of the Wyvernmoor archives is a grey cat named Pepperidge.",
+         "What is the name of the cat that guards the Wyvernmoor archives?", ("Pepperidge",)),
+)
+
+
 def _counterfactual(statement: str, question: str, key: str, *memory: str) -> Fact:
     return Fact(statement, question, (key,), "counterfactual", memory)
 
