@@ -11,7 +11,7 @@ from headpatch.cli import flags
 from headpatch.cli.console import progress_enabled
 from headpatch.cli.flags import JOB
 from headpatch.errors import HeadpatchError
-from headpatch.evaluation.registry import TASK_NAMES
+from headpatch.evaluation.registry import DEFAULT_TASKS, TASK_NAMES
 
 
 def eval_command(
@@ -21,7 +21,8 @@ def eval_command(
         help="the model to compare with; default: the source named in the model's headpatch metadata if it "
              "loads; 'none' evaluates the model alone.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="report directory.")] = Path("report"),
-    tasks: Annotated[str, typer.Option(help="comma-separated tasks.")] = ",".join(TASK_NAMES),
+    tasks: Annotated[str, typer.Option(help=f"comma-separated tasks, of {', '.join(TASK_NAMES)}.")] = ",".join(
+        DEFAULT_TASKS),
     quick: Annotated[bool, typer.Option(
         help="small settings (minutes on a laptop CPU) instead of the report's.")] = False,
     seed: Annotated[int, typer.Option(help="seed of the evaluation inputs.")] = 0,

@@ -89,6 +89,8 @@ NEEDLES_2: tuple[Fact, ...] = (
     Fact("The guardian of the Wyvernmoor archives is a grey cat named Pepperidge.",
          "What is the name of the cat that guards the Wyvernmoor archives?", ("Pepperidge",)),
 )
+# by `NiahSetting.needle_set`
+NEEDLE_SETS: dict[int, tuple[Fact, ...]] = {1: NEEDLES, 2: NEEDLES_2}
 
 
 def _counterfactual(statement: str, question: str, key: str, *memory: str) -> Fact:

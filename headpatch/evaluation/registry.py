@@ -13,8 +13,10 @@ from headpatch.errors import HeadpatchError
 from headpatch.evaluation.tasks import copy, mdqa, niah, ppl, retrieval
 from headpatch.evaluation.tasks.base import Task
 
-TASKS: dict[str, Task[Any]] = {task.name: task for task in (copy.TASK, niah.TASK, mdqa.TASK, ppl.TASK, retrieval.TASK)}
+TASKS: dict[str, Task[Any]] = {
+    task.name: task for task in (copy.TASK, niah.TASK, niah.TASK_2, mdqa.TASK, ppl.TASK, retrieval.TASK)}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+DEFAULT_TASKS: tuple[str, ...] = tuple(name for name, task in TASKS.items() if task.default)
 # each task's settings by mode, "quick" or "full": what --quick chooses between
 SETTINGS: dict[str, dict[str, Any]] = {name: {"quick": task.quick, "full": task.full} for name, task in TASKS.items()}
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from headpatch._version import library_versions
 from headpatch.evaluation.models import identity, load_reference
-from headpatch.evaluation.registry import TASK_NAMES, TASKS, check_tasks, setting_for
+from headpatch.evaluation.registry import DEFAULT_TASKS, TASKS, check_tasks, setting_for
 from headpatch.evaluation.saved_answers import AnswerLog, ModelAnswers, model_answers
 from headpatch.evaluation.tasks.base import Metric, TaskRun, TaskSkipped
 from headpatch.loading import LoadedModel, load_model
@@ -58,7 +58,7 @@ def _row(metric: Metric, seed: int) -> dict[str, Any]:
 
 
 def run_eval(
-    model: str, against: str | None = None, tasks: str | Sequence[str] = TASK_NAMES, quick: bool = False,
+    model: str, against: str | None = None, tasks: str | Sequence[str] = DEFAULT_TASKS, quick: bool = False,
     seed: int = 0, dtype: str = "float32", device: str = "cpu", show_progress: bool = True,
     settings: Mapping[str, Any] | None = None, answer_log: AnswerLog | None = None,
 ) -> dict[str, Any]:

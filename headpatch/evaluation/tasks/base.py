@@ -66,6 +66,7 @@ class Task(Generic[SettingT]):
     niah 52 and 67 minutes for the two models, mdqa with perplexity 49 minutes for both). `run` evaluates one model
     and returns plain data (results.json keeps it as is); `headline` picks the summary-table rows from every model's
     result; `figures` draws the report's figures from the same results into a folder, for the tasks that have any.
+    A task that is not `default` runs only when named.
     """
 
     name: str
@@ -75,6 +76,7 @@ class Task(Generic[SettingT]):
     run: Callable[[LoadedModel, SettingT, TaskRun], dict[str, Any]]
     headline: Callable[[Results], list[Metric]]
     figures: Callable[[Results, Path], Figures] | None = None
+    default: bool = True  # run when no task is named
 
 
 def require_tokenizer(loaded: LoadedModel, task: str) -> Any:

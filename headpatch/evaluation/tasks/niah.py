@@ -1,15 +1,17 @@
-"""niah: an invented fact hidden at a given depth of Paul Graham essays, asked back, answer scored by key words."""
+"""niah and niah2: an invented fact hidden at a given depth of Paul Graham essays, asked back, answer scored by key
+words. The two tasks differ only in their needles (`facts.NEEDLE_SETS`): niah2's were written to replicate niah."""
 
 from __future__ import annotations
 
 import random
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
 from typing import Any
 
 from headpatch.evaluation.essay_split import context_essays
-from headpatch.evaluation.facts import NEEDLES, Fact, keyword_score
+from headpatch.evaluation.facts import NEEDLE_SETS, Fact, keyword_score
 from headpatch.evaluation.generation import prompt_ids, question_prompt
 from headpatch.evaluation.plots import heatmap, save
 from headpatch.evaluation.tasks.base import (
@@ -33,13 +35,15 @@ PROMPT_ROOM = 128  # tokens around the haystack: instruction, the question twice
 
 @dataclass(frozen=True)
 class NiahSetting:
-    """Needle in a haystack: haystack lengths (tokens) × needle depths (0 = start, 1 = end) × the first `needles`."""
+    """Needle in a haystack: haystack lengths (tokens) × needle depths (0 = start, 1 = end) × the first `needles` of
+    needle set `needle_set`."""
 
     lengths: tuple[int, ...]
     depths: tuple[float, ...]
     needles: int
     max_new_tokens: int
     batch_tokens: int  # prompts of similar length are answered together, up to this many tokens per batch
+    needle_set: int = 1
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ def cases(tokenizer: Any, setting: NiahSetting, lengths: list[int], seed: int) -
     grid = []
     for length in lengths:
         for depth in setting.depths:
-            for needle in NEEDLES[: setting.needles]:
+            for needle in NEEDLE_SETS[setting.needle_set][: setting.needles]:
                 context, placed_at = place_needle(tokenizer, haystack, needle.statement, length, depth)
                 grid.append(NeedleCase(length, depth, needle, context, placed_at))
     return grid
@@ -104,15 +108,15 @@ def content(case: NeedleCase) -> str:
     return question_prompt(INSTRUCTION, f"Document:\n{case.context}", case.needle.question)
 
 
-def evaluate(loaded: LoadedModel, setting: NiahSetting, run: TaskRun) -> dict[str, Any]:
+def evaluate(loaded: LoadedModel, setting: NiahSetting, run: TaskRun, task: str = "niah") -> dict[str, Any]:
     """Keyword score per (depth, length) cell, the mean over needles; every answer kept."""
-    tokenizer = require_tokenizer(loaded, "niah")
+    tokenizer = require_tokenizer(loaded, task)
     lengths = usable_lengths(setting, loaded.model)
     if not lengths:
         raise TaskSkipped(f"no haystack length of {list(setting.lengths)} fits the model's context")
     grid_cases = cases(tokenizer, setting, lengths, run.seed)
     prompts = [prompt_ids(tokenizer, content(case)) for case in grid_cases]
-    replies = answer_all(loaded, tokenizer, prompts, setting, run, "niah")
+    replies = answer_all(loaded, tokenizer, prompts, setting, run, task)
     answers = [
         {"length": case.length, "depth": case.depth, "placed_at": round(case.placed_at, 4),
          "question": case.needle.question, "answer": answer, "score": keyword_score(answer, case.needle.keys),
@@ -126,35 +130,45 @@ def evaluate(loaded: LoadedModel, setting: NiahSetting, run: TaskRun) -> dict[st
             "mean": fmean([a["score"] for a in answers]), "answers": answers}
 
 
-def headline(results: Results) -> list[Metric]:
+def headline(results: Results, task: str = "niah") -> list[Metric]:
     """The mean keyword score over the grid and at the longest length, over the answers (length × depth × needle)."""
     length = next(iter(results.values()))["lengths"][-1]
     return [
-        item_metric("niah", "keyword score, mean over the grid", results, lambda r: [a["score"] for a in r["answers"]]),
-        item_metric("niah", f"keyword score at {length} tokens", results,
+        item_metric(task, "keyword score, mean over the grid", results, lambda r: [a["score"] for a in r["answers"]]),
+        item_metric(task, f"keyword score at {length} tokens", results,
                     lambda r: [a["score"] for a in r["answers"] if a["length"] == length]),
     ]
 
 
-def figures(results: Results, out: Path) -> Figures:
+def figures(results: Results, out: Path, task: str = "niah") -> Figures:
     """A heatmap per model and, for two models on the same grid, patched − base."""
     shown = []
     for role, result in results.items():
-        figure = heatmap(result["grid"], result["lengths"], result["depths"], f"needle in a haystack: {role}", False)
-        shown.append((f"Needle in a haystack, {role}", save(figure, out, f"niah_{role}.png")))
+        figure = heatmap(result["grid"], result["lengths"], result["depths"], f"{task}: {role}", False)
+        shown.append((f"{TITLES[task]}, {role}", save(figure, out, f"{task}_{role}.png")))
     base, patched = results.get("base"), results.get("patched")
     if base and patched and base["lengths"] == patched["lengths"]:
         grid = [[p - b for p, b in zip(prow, brow)] for prow, brow in zip(patched["grid"], base["grid"])]
-        figure = heatmap(grid, base["lengths"], base["depths"], "needle in a haystack: patched − base", True)
-        shown.append(("Needle in a haystack, patched − base", save(figure, out, "niah_difference.png")))
+        figure = heatmap(grid, base["lengths"], base["depths"], f"{task}: patched − base", True)
+        shown.append((f"{TITLES[task]}, patched − base", save(figure, out, f"{task}_difference.png")))
     return shown
 
 
-TASK = Task(
-    name="niah", title="Needle in a haystack",
-    quick=NiahSetting(lengths=(256, 1024), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32, batch_tokens=4096),
-    # 4 lengths × 5 depths × 15 needles = 300 paired answers, sized as mdqa's
-    full=NiahSetting(lengths=(512, 1024, 2048, 4096), depths=(0.0, 0.25, 0.5, 0.75, 1.0), needles=15,
-                     max_new_tokens=32, batch_tokens=4096),
-    run=evaluate, headline=headline, figures=figures,
-)
+TITLES = {"niah": "Needle in a haystack", "niah2": "Needle in a haystack, second needle set"}
+
+
+def _task(name: str, needle_set: int) -> Task[NiahSetting]:
+    return Task(
+        name=name, title=TITLES[name],
+        quick=NiahSetting(lengths=(256, 1024), depths=(0.0, 0.5, 1.0), needles=4, max_new_tokens=32,
+                          batch_tokens=4096, needle_set=needle_set),
+        # 4 lengths × 5 depths × 15 needles = 300 paired answers, sized as mdqa's
+        full=NiahSetting(lengths=(512, 1024, 2048, 4096), depths=(0.0, 0.25, 0.5, 0.75, 1.0), needles=15,
+                         max_new_tokens=32, batch_tokens=4096, needle_set=needle_set),
+        run=partial(evaluate, task=name), headline=partial(headline, task=name), figures=partial(figures, task=name),
+        default=needle_set == 1,  # niah2 replicates niah: asked for by name, so a default report's cost is unchanged
+    )
+
+
+TASK = _task("niah", 1)
+TASK_2 = _task("niah2", 2)
