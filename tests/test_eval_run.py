@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from headpatch.cli.evaluate import eval_command
 from headpatch.errors import HeadpatchError
 from headpatch.evaluation import run_eval, summary_markdown, write_report
+from headpatch.evaluation.facts import NEEDLES, NEEDLES_2
 from headpatch.evaluation.saved_answers import AnswerLog, log_path, model_answers
 from headpatch.io.lock import claimed
 from headpatch.evaluation.tasks.copy import CopySetting
@@ -27,6 +28,8 @@ TINY_SETTINGS = {
     "copy": CopySetting(lengths=(5, 10), samples=4),
     "niah": NiahSetting(lengths=(128, 4096), depths=(0.0, 0.5, 1.0), needles=2, max_new_tokens=6,
                         batch_tokens=1024),
+    "niah2": NiahSetting(lengths=(128,), depths=(0.0, 1.0), needles=2, max_new_tokens=6, batch_tokens=1024,
+                         needle_set=2),
     "mdqa": MdqaSetting(passages=3, passage_words=30, facts=2, max_new_tokens=6, batch_tokens=1024),
     "ppl": PplSetting(window=64, windows=3),
     "retrieval": RetrievalSetting(examples=3, docs=3, batch_size=2, paraphrase=2),
@@ -155,6 +158,18 @@ def test_unloadable_metadata_source_falls_back_to_evaluating_alone(smollm2, tmp_
     alone = run_eval(str(orphan), tasks="copy", settings=TINY_SETTINGS, show_progress=False)
     assert list(alone["models"]) == ["model"]
     assert "could not load" in alone["comparison"]["notes"][0]
+
+
+def test_niah2_asks_the_second_needles_and_reports_apart_from_niah(checkpoints, tmp_path):
+    both = run_eval(str(checkpoints["patched"]), tasks="niah2,niah", settings=TINY_SETTINGS, show_progress=False)
+    assert list(both["tasks"]) == ["niah", "niah2"]
+    for task, needles in (("niah", NEEDLES), ("niah2", NEEDLES_2)):
+        answers = both["tasks"][task]["models"]["patched"]["answers"]
+        assert {a["question"] for a in answers} == {fact.question for fact in needles[:2]}
+    assert [row["task"] for row in both["summary"]] == ["niah", "niah", "niah2", "niah2"]
+    assert all("paired" in row for row in both["summary"])
+    names = {path.name for path in write_report(both, tmp_path / "report").iterdir()}
+    assert {f"{task}_{role}.png" for task in ("niah", "niah2") for role in ("base", "patched", "difference")} <= names
 
 
 def test_report_files_are_written_and_parseable(results, tmp_path):
