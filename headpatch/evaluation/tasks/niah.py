@@ -31,6 +31,7 @@ from headpatch.runtime import context_limit
 INSTRUCTION = "Answer the question from the document."
 _SENTENCE_ENDS = (".", "!", "?")
 PROMPT_ROOM = 128  # tokens around the haystack: instruction, the question twice, chat markers (about 90 for SmolLM2)
+TITLES = {"niah": "Needle in a haystack", "niah2": "Needle in a haystack, second needle set"}
 
 
 @dataclass(frozen=True)
@@ -152,9 +153,6 @@ def figures(results: Results, out: Path, task: str = "niah") -> Figures:
         figure = heatmap(grid, base["lengths"], base["depths"], f"{task}: patched − base", True)
         shown.append((f"{TITLES[task]}, patched − base", save(figure, out, f"{task}_difference.png")))
     return shown
-
-
-TITLES = {"niah": "Needle in a haystack", "niah2": "Needle in a haystack, second needle set"}
 
 
 def _task(name: str, needle_set: int) -> Task[NiahSetting]:
