@@ -227,14 +227,15 @@ def export_step(
 IA3_MARKER = "adapter_config.json"  # every adapter written by save_ia3 holds it
 
 
-def check_ia3_dir(directory: Path, overwrite: bool, source_dir: Path | None, output: Path | None = None) -> None:
-    """An adapter directory follows the export's output rules: apart from the source (and the export), empty unless
-    `overwrite` finds an earlier adapter there."""
+def check_ia3_dir(directory: Path, overwrite: bool, source_dir: Path | None, output: Path | None = None,
+                  output_name: str = "the export") -> None:
+    """An adapter directory follows the export's output rules: apart from the source (and from the command's other
+    `output`, called `output_name` in the message), empty unless `overwrite` finds an earlier adapter there."""
     from headpatch.io.atomic import check_apart, check_output_dir
 
     check_output_dir(directory, overwrite, source_dir, marker=IA3_MARKER)
     if output is not None:
-        check_apart(directory, output, "the export")
+        check_apart(directory, output, output_name)
 
 
 def save_ia3(layout: HeadLayout, record: PatchRecord, directory: Path, base: str, overwrite: bool,

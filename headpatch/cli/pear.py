@@ -61,7 +61,7 @@ def train(
 ) -> None:
     """Learn one coefficient per head with the model frozen."""
     from headpatch.architectures import head_layout
-    from headpatch.io.atomic import check_output_file, overlap
+    from headpatch.io.atomic import check_output_file
     from headpatch.io.files import write_record
     from headpatch.io.hub import cached_checkpoint_dir
     from headpatch.loading import load_model, local_source
@@ -72,9 +72,7 @@ def train(
     source = local_source(model)
     check_output_file(output, overwrite, source)
     if ia3 is not None:  # refused before the training run, not after it
-        check_ia3_dir(ia3, overwrite, source)
-        if overlap(ia3, output):
-            raise HeadpatchError(f"--ia3 {ia3} and -o {output} overlap: give the adapter a directory of its own")
+        check_ia3_dir(ia3, overwrite, source, output, "the patch file")
     loaded = load_model(model, dtype, device, revision)
     record = heads_record(loaded, heads)
     if k is not None:
