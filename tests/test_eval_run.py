@@ -15,12 +15,12 @@ from headpatch.errors import HeadpatchError
 from headpatch.evaluation import run_eval, summary_markdown, write_report
 from headpatch.evaluation.facts import NEEDLES, NEEDLES_2
 from headpatch.evaluation.saved_answers import AnswerLog, log_path, model_answers
-from headpatch.io.lock import claimed
 from headpatch.evaluation.tasks.copy import CopySetting
 from headpatch.evaluation.tasks.mdqa import MdqaSetting
 from headpatch.evaluation.tasks.niah import NiahSetting
 from headpatch.evaluation.tasks.ppl import PplSetting
 from headpatch.evaluation.tasks.retrieval import RetrievalSetting
+from headpatch.io.lock import claimed
 from tests.test_qrhead_retriever import exported_metadata
 from tests.tiny import tiny_model
 

@@ -4,8 +4,8 @@ words. The two tasks differ only in their needles (`facts.NEEDLE_SETS`): niah2's
 from __future__ import annotations
 
 import random
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from statistics import fmean
 from typing import Any
