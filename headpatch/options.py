@@ -104,7 +104,8 @@ class TuneOptions:
     # guard: relative perplexity change on the guard text; on the whole-text check, the upper end of its 95% interval
     max_perplexity_increase: float = 0.01
     max_kl: float = 0.01  # guard: mean KL(base || patched), nats per token, on the guard text
-    guard_windows: int = field(default=2, metadata=_POSITIVE)  # windows of 512 tokens of the guard text in training
+    # windows of 512 tokens of the guard text measured during training, spread evenly over it, first and last included
+    guard_windows: int = field(default=8, metadata=_POSITIVE)
     # windows of the guard text a candidate is checked on, each a paired item, before it is chosen; the text holds 39
     # for Gemma-3's tokenizer and 41 for SmolLM2's, so by default every window
     check_windows: int = field(default=64, metadata=_POSITIVE)

@@ -27,6 +27,7 @@ from headpatch.pear.tune import (
     guard_figures,
     guard_windows,
     ladder_ends,
+    spread_windows,
     tune,
 )
 from headpatch.pear.upper import lower_states
@@ -110,6 +111,35 @@ def test_the_ladder_stops_after_the_guard_stops_a_candidate_short_of_the_best():
     assert not ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.4, "damage guard")], base)
     assert ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.6, "damage guard")], base)
     assert not ladder_ends([_stopped(5, 2.5, "converged"), _stopped(10, 2.6, "step budget")], base)
+
+
+def test_training_reads_guard_windows_spread_from_the_first_to_the_last():
+    rows = torch.arange(41).unsqueeze(1).expand(41, 3)
+    assert spread_windows(rows, 8)[:, 0].tolist() == [0, 6, 11, 17, 23, 29, 34, 40]
+    assert spread_windows(rows, 2)[:, 0].tolist() == [0, 40]
+    assert spread_windows(rows, 1)[:, 0].tolist() == [0]
+    assert torch.equal(spread_windows(rows, 41), rows) and torch.equal(spread_windows(rows, 99), rows)
+    for count in range(2, 41):
+        picks = spread_windows(rows, count)[:, 0].tolist()
+        gaps = [b - a for a, b in zip(picks, picks[1:])]
+        assert picks[0] == 0 and picks[-1] == 40 and len(set(picks)) == count and max(gaps) - min(gaps) <= 1
+
+
+def test_the_early_stop_measures_the_spread_windows():
+    model = tiny_model("llama")
+    layout = head_layout(model.config)
+    options = dataclasses.replace(QUICK, guard_windows=2)
+    result = tune(model, ByteTokenizer(), layout, _ranked(model), options, show_progress=False)
+    every = guard_windows(ByteTokenizer())
+    assert result.guard_windows == 2 and len(every) > 2
+    for candidate in result.candidates:
+        spread = guard_figures(model, layout, candidate.coefficients, every[[0, len(every) - 1]])
+        assert (candidate.guard.perplexity_change, candidate.guard.kl) == pytest.approx(
+            (spread.perplexity_change, spread.kl), abs=1e-6)
+    moved = [c for c in result.candidates if c.steps > 0]
+    assert moved
+    for candidate in moved:  # the text's opening alone reads differently
+        assert abs(guard_figures(model, layout, candidate.coefficients, every[:2]).kl - candidate.guard.kl) > 1e-6
 
 
 COEFFICIENTS = {(0, 1): 1.6, (2, 3): 0.3}

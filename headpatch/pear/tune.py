@@ -127,13 +127,27 @@ class TuneResult:
     after: Evaluation | None = None
 
 
-def guard_windows(tokenizer: Any, windows: int) -> torch.Tensor:
-    """The first `windows` windows of 512 tokens of the guard text (fewer when the text is shorter)."""
+def guard_windows(tokenizer: Any, windows: int | None = None) -> torch.Tensor:
+    """The first `windows` windows of 512 tokens of the guard text (all of them when None, fewer when the text is
+    shorter)."""
     text = resources.files("headpatch.pear").joinpath("data/guard_text.txt").read_text(encoding="utf-8")
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     if len(ids) < GUARD_WINDOW:
         raise HeadpatchError("the guard text is shorter than one window for this tokenizer")
     return ids[: (len(ids) // GUARD_WINDOW) * GUARD_WINDOW].view(-1, GUARD_WINDOW)[:windows]
+
+
+def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` of `windows` spaced evenly from the first to the last, in order (all of them when there are no more).
+    Training's early stop reads these: the guard text is a dozen unlike pieces, and its opening alone (the Declaration
+    of Independence, the first two windows) reacted to SmolLM2's patches several times more than the median window, so
+    a prefix stopped candidates the whole-text check passes."""
+    total = len(windows)
+    if count >= total:
+        return windows
+    if count == 1:
+        return windows[:1]
+    return windows[[round(i * (total - 1) / (count - 1)) for i in range(count)]]
 
 
 def _log_probs(model: Any, ids: torch.Tensor, lower: LowerStates | None = None, row: int = 0) -> torch.Tensor:
@@ -291,8 +305,8 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
     vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
     prefix = special_prefix(tokenizer)
     select = copy_batch(vocab, options.select_samples, options.n, options.seed, "select", prefix)
-    text_windows = guard_windows(tokenizer, max(options.guard_windows, options.check_windows))
-    windows = text_windows[:options.guard_windows]
+    text_windows = guard_windows(tokenizer)
+    windows = spread_windows(text_windows, options.guard_windows)
     base = _selection(model, select)
     shared = _Shared(vocab, prefix, select, base, windows, base_log_probs(model, windows))
     ladder = options.ladder_for(len(ranked))
