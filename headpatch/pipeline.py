@@ -151,7 +151,7 @@ def tune_step(loaded: LoadedModel, record: PatchRecord, options: TuneOptions,
         n=options.n, lr=options.lr, eval_every=options.eval_every, patience=options.patience,
         min_improvement=options.min_improvement,
         selection=f"{options.select_samples} held-out copy sequences of n={options.n} (their own seed stream)",
-        guard_text=(f"{GUARD_TEXT}; {result.guard_windows} windows of 512 tokens during training, "
+        guard_text=(f"{GUARD_TEXT}; {result.guard_windows} windows of 512 tokens spread over it during training, "
                     f"{result.check_windows} before a candidate is chosen"),
         max_perplexity_increase=options.max_perplexity_increase, max_kl=options.max_kl,
         base_heldout_loss=round(result.base.loss, 6), base_heldout_accuracy=round(result.base.mean_accuracy, 4),

@@ -1,6 +1,7 @@
 """Tuning: the K ladder, early stopping on the selection set, the damage guard, and the record and card it writes."""
 
 import dataclasses
+import itertools
 import json
 
 import pytest
@@ -121,7 +122,7 @@ def test_training_reads_guard_windows_spread_from_the_first_to_the_last():
     assert torch.equal(spread_windows(rows, 41), rows) and torch.equal(spread_windows(rows, 99), rows)
     for count in range(2, 41):
         picks = spread_windows(rows, count)[:, 0].tolist()
-        gaps = [b - a for a, b in zip(picks, picks[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(picks)]
         assert picks[0] == 0 and picks[-1] == 40 and len(set(picks)) == count and max(gaps) - min(gaps) <= 1
 
 

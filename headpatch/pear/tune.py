@@ -3,11 +3,11 @@ copy loss stops improving, a damage guard on generic text, and the best candidat
 
 Three disjoint sets of data play a part: training batches (purpose "train"), the selection set that early stopping
 and the choice read (purpose "select", never trained on, never shown by `headpatch eval`), and the guard text, public
-domain prose that no evaluation task uses (`data/guard_text.txt`). The guard reads the text twice over: its first
-windows during training, cheaply, against stored base log-probabilities; and (by default) all of its windows before a
-candidate is chosen, each window a paired item, so that the perplexity bound holds for the upper end of a 95% interval
-rather than for a two-window point estimate (two windows read +0.29% for a Gemma-3-270M patch that cost +2% on
-held-out essays). Windows from one source text are alike, so the interval over windows is if anything too narrow.
+domain prose that no evaluation task uses (`data/guard_text.txt`). The guard reads the text twice over: a few windows
+spread over it during training, cheaply, against stored base log-probabilities; and (by default) all of its windows
+before a candidate is chosen, each window a paired item, so that the perplexity bound holds for the upper end of a 95%
+interval rather than for a few windows' point estimate (the first two windows read +0.29% for a Gemma-3-270M patch
+that cost +2% on held-out essays). Windows from one source text are alike, so the interval over windows is if anything too narrow.
 """
 
 from __future__ import annotations
@@ -347,7 +347,7 @@ def tune(model: Any, tokenizer: Any, layout: HeadLayout, ranked: Sequence[Head],
 def ladder_ends(candidates: Sequence[Candidate], base: Selection) -> bool:
     """Whether the ladder stops climbing after the last candidate: the damage guard stopped its training before its
     held-out copy loss beat the best so far (a smaller K's, or the base's). A larger K scales more heads per step and
-    meets the guard sooner (SmolLM2: K=10 at step 30, 20 at step 15, 40 at step 10), so it has even less room."""
+    meets the guard sooner (SmolLM2: K=10 at step 35, 20 at step 25, 40 at step 15), so it has even less room."""
     *smaller, last = candidates
     best = min([base.loss, *(c.selection.loss for c in smaller)])
     return last.stopped == "damage guard" and last.selection.loss >= best
