@@ -7,7 +7,8 @@ domain prose that no evaluation task uses (`data/guard_text.txt`). The guard rea
 spread over it during training, cheaply, against stored base log-probabilities; and (by default) all of its windows
 before a candidate is chosen, each window a paired item, so that the perplexity bound holds for the upper end of a 95%
 interval rather than for a few windows' point estimate (the first two windows read +0.29% for a Gemma-3-270M patch
-that cost +2% on held-out essays). Windows from one source text are alike, so the interval over windows is if anything too narrow.
+that cost +2% on held-out essays). Windows from one source text are alike, so the interval over windows is if
+anything too narrow.
 """
 
 from __future__ import annotations
@@ -139,9 +140,9 @@ def guard_windows(tokenizer: Any, windows: int | None = None) -> torch.Tensor:
 
 def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
     """`count` of `windows` spaced evenly from the first to the last, in order (all of them when there are no more).
-    Training's early stop reads these: the guard text is a dozen unlike pieces, and its opening alone (the Declaration
-    of Independence, the first two windows) reacted to SmolLM2's patches several times more than the median window, so
-    a prefix stopped candidates the whole-text check passes."""
+    Training's early stop reads these: the guard text is ten unlike pieces, and its first window (the Declaration of
+    Independence) moved under SmolLM2's patches about five times as far in KL as the median window, so an early stop
+    on the first two windows stopped candidates the whole-text check passes."""
     total = len(windows)
     if count >= total:
         return windows
