@@ -377,9 +377,10 @@ def _evaluate_export(out: Path, model: Path, job: ExportJob, show: bool, say: Sa
 
 def check_report_matches(out: Path, results: dict[str, Any]) -> None:
     """Refuse to add a report to a folder that is not a headpatch export, or whose weights the report did not
-    evaluate: compared by the weight files' sha256 where the report recorded it and the folder holds them (a GGUF
-    export's report hashes the de-quantized cache, so it is not compared)."""
-    from headpatch.evaluation.models import folder_weights_hash
+    evaluate: compared by the weight files' sha256 where the report recorded it and the folder holds them, and for a
+    GGUF export by the sha256 of the GGUF file the evaluated model was converted from (its weight hash covers the
+    de-quantized copy in the cache)."""
+    from headpatch.evaluation.models import folder_gguf_hashes, folder_weights_hash
 
     if not (out / "headpatch.json").is_file():
         raise HeadpatchError(f"{out} is not a headpatch export (no headpatch.json); `card` adds evaluations to "
@@ -390,6 +391,10 @@ def check_report_matches(out: Path, results: dict[str, Any]) -> None:
     if recorded and held and recorded != held:
         raise HeadpatchError(f"the report evaluated other weights than {out} holds (sha256 {recorded[:12]}... of "
                              f"the evaluated model, {held[:12]}... here)")
+    ggufs = folder_gguf_hashes(out)
+    if ggufs and (evaluated.get("gguf") or {}).get("sha256") not in ggufs.values():
+        raise HeadpatchError(f"the report did not evaluate the GGUF file {out} holds ({', '.join(ggufs)}); evaluate "
+                             "that file (`headpatch eval OUT/FILE.gguf --against SOURCE`) and add that report")
 
 
 def add_evaluation_to_card(out: Path, results: dict[str, Any], report_link: str) -> None:

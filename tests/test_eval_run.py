@@ -69,6 +69,7 @@ def test_compares_with_the_source_named_in_the_metadata(results, checkpoints):
     file_hash = hashlib.sha256(weights.read_bytes()).hexdigest()
     assert results["models"]["base"]["weights"]["files"] == {"model.safetensors": file_hash}
     assert results["models"]["patched"]["weights"]["sha256"] != results["models"]["base"]["weights"]["sha256"]
+    assert results["models"]["base"]["gguf"] is None  # a safetensors folder, not converted from a GGUF file
     assert results["models"]["patched"]["chat_template"] is True
     assert set(results["versions"]) >= {"headpatch", "torch", "transformers"}
     assert results["run"]["settings_replaced"] == ["copy", "mdqa", "niah", "ppl", "retrieval"]

@@ -253,6 +253,41 @@ def test_export_and_verify_from_the_command_line(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
+def test_a_report_goes_into_a_gguf_export_only_if_it_evaluated_that_file(tmp_path):
+    import json
+
+    from headpatch.evaluation.models import gguf_hash, identity
+    from headpatch.loading import LoadedModel, Source
+    from tests.test_card import _results
+    from tests.tiny import tiny_model
+
+    source = write_tiny_gguf(tmp_path / "tiny.gguf")
+    patch = tmp_path / "patch.json"
+    patch.write_text(gguf_record(COEFFICIENTS).to_text(), encoding="utf-8")
+    result = invoke("export", str(source), "--patch", str(patch), "-o", str(tmp_path / "out"), "--gguf", "-q")
+    assert result.exit_code == 0, result.output
+    exported = tmp_path / "out" / "tiny-pear.gguf"
+    assert gguf_hash(str(exported)) == {"file": "tiny-pear.gguf", "sha256": _digest(exported)}
+    assert gguf_hash(str(tmp_path)) is None and gguf_hash("tiny/base") is None  # a folder, a Hub id
+    converted = LoadedModel(tiny_model("llama"), None, Source(str(exported), str(tmp_path / "cache"), None))
+    assert identity(converted)["gguf"] == gguf_hash(str(exported))  # what `headpatch eval` records
+    report, results = tmp_path / "report", _results(0.7)
+    report.mkdir()
+    for evaluated in (gguf_hash(str(source)), None):  # the base GGUF's report; a report of a safetensors checkpoint
+        results["models"]["patched"]["gguf"] = evaluated
+        (report / "results.json").write_text(json.dumps(results), encoding="utf-8")
+        before = (tmp_path / "out" / "README.md").read_bytes()
+        result = invoke("card", str(tmp_path / "out"), "--eval", str(report))
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert "did not evaluate the GGUF file" in result.stderr and "tiny-pear.gguf" in result.stderr
+        assert (tmp_path / "out" / "README.md").read_bytes() == before
+    results["models"]["patched"]["gguf"] = gguf_hash(str(exported))
+    (report / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    result = invoke("card", str(tmp_path / "out"), "--eval", str(report))
+    assert result.exit_code == 0, result.stderr
+    assert "## Evaluation" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")
+
+
 def test_an_output_holding_the_source_is_refused(tmp_path):
     source = write_tiny_gguf(tmp_path / "tiny.gguf")
     before = _digest(source)

@@ -8,7 +8,7 @@ from typing import Any
 
 from headpatch.errors import HeadpatchError
 from headpatch.io.hub import cached_checkpoint_dir
-from headpatch.loading import LoadedModel, load_model
+from headpatch.loading import LoadedModel, gguf_source, load_model
 from headpatch.qrhead.prompt import uses_chat_template
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -26,6 +26,22 @@ def _file_sha256(path: Path) -> str:
 def weights_hash(loaded: LoadedModel) -> dict[str, Any]:
     """sha256 of every weight file of the checkpoint, and one sha256 over the list (name and hash of each)."""
     return folder_weights_hash(cached_checkpoint_dir(loaded.source))
+
+
+def gguf_hash(name: str) -> dict[str, str] | None:
+    """The GGUF file a model named `name` was converted from (a .gguf path or a demo alias) and its sha256; None for
+    other models. The weight hash covers the de-quantized copy in the cache, which a GGUF export's folder does not
+    hold, so a report matches a GGUF export by this one."""
+    try:
+        path = gguf_source(name)
+    except HeadpatchError:
+        return None
+    return {"file": path.name, "sha256": _file_sha256(path)}
+
+
+def folder_gguf_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of each GGUF file directly in `folder`, by name."""
+    return {path.name: _file_sha256(path) for path in sorted(folder.glob("*.gguf")) if path.is_file()}
 
 
 def folder_weights_hash(folder: Path | None) -> dict[str, Any]:
@@ -52,6 +68,7 @@ def identity(loaded: LoadedModel) -> dict[str, Any]:
         "dtype": str(loaded.model.dtype).removeprefix("torch."),
         "chat_template": loaded.tokenizer is not None and uses_chat_template(loaded.tokenizer),
         "weights": weights_hash(loaded),
+        "gguf": gguf_hash(loaded.source.name),
         "headpatch": metadata if isinstance(metadata, dict) else None,
     }
 
