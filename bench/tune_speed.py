@@ -4,8 +4,8 @@ layer's stored input (today), for the top-K heads of each K of the ladder.
     python bench/tune_speed.py                                        # SmolLM2, locating the heads first (about 1 min)
     python bench/tune_speed.py --heads smollm2-135m-pear/headpatch.json  # re-use an export's location
 
-Every `eval_every` training steps tuning scores its selection set (32 copy sequences) and the guard text (2 windows of
-512 tokens) with the candidate's coefficients; the layers below the lowest trained head see the same inputs every
+Every `eval_every` training steps tuning scores its selection set (32 copy sequences) and the guard text (8 windows of
+512 tokens spread over it) with the candidate's coefficients; the layers below the lowest trained head see the same inputs every
 time. The two paths alternate, `--repeats` times each, on the same coefficients, and must agree.
 """
 
@@ -24,7 +24,7 @@ from headpatch.options import LocateOptions, TuneOptions  # noqa: E402
 from headpatch.pear.locate import locate_heads  # noqa: E402
 from headpatch.pear.proxy import copy_batch, copy_scores, sampleable_ids, special_prefix  # noqa: E402
 from headpatch.pear.scaling import scaled_heads  # noqa: E402
-from headpatch.pear.tune import base_log_probs, guard_figures, guard_windows  # noqa: E402
+from headpatch.pear.tune import base_log_probs, guard_figures, guard_windows, spread_windows  # noqa: E402
 from headpatch.pear.upper import lower_states  # noqa: E402
 from headpatch.record import PatchRecord  # noqa: E402
 
@@ -61,7 +61,7 @@ def main() -> None:
     ranked = _ranked(args, loaded)
     vocab = sampleable_ids(model.config.vocab_size, tokenizer, model.config)
     select = copy_batch(vocab, options.select_samples, options.n, options.seed, "select", special_prefix(tokenizer))
-    windows = guard_windows(tokenizer, options.guard_windows)
+    windows = spread_windows(guard_windows(tokenizer), options.guard_windows)
     reference = base_log_probs(model, windows)
 
     print(f"model {args.model}: {layout.num_layers} layers; one measurement = {options.select_samples} selection "
