@@ -236,13 +236,18 @@ def test_the_export_name_keeps_the_quantization_suffix():
     assert export_name(Path("gemma-3-270m-q4_k_m.gguf")) == "gemma-3-270m-q4_k_m-pear.gguf"
 
 
-def test_export_and_verify_from_the_command_line(tmp_path):
+def _exported_from_the_command_line(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A tiny GGUF source, its patch record and the `export --gguf` of both, tmp_path/out/tiny-pear.gguf."""
     source = write_tiny_gguf(tmp_path / "tiny.gguf")
     patch = tmp_path / "patch.json"
     patch.write_text(gguf_record(COEFFICIENTS).to_text(), encoding="utf-8")
     result = invoke("export", str(source), "--patch", str(patch), "-o", str(tmp_path / "out"), "--gguf", "-q")
     assert result.exit_code == 0, result.output
-    out = tmp_path / "out" / "tiny-pear.gguf"
+    return source, patch, tmp_path / "out" / "tiny-pear.gguf"
+
+
+def test_export_and_verify_from_the_command_line(tmp_path):
+    source, patch, out = _exported_from_the_command_line(tmp_path)
     card = ModelCard.load(tmp_path / "out" / "README.md")
     assert "ollama create tiny-pear" in card.text and "FROM ./tiny-pear.gguf\nPARAMETER num_ctx 4096" in card.text
     assert (card.data.license, card.data.library_name, card.data.base_model) == ("apache-2.0", "gguf", "tiny/base")
@@ -261,12 +266,7 @@ def test_a_report_goes_into_a_gguf_export_only_if_it_evaluated_that_file(tmp_pat
     from tests.test_card import _results
     from tests.tiny import tiny_model
 
-    source = write_tiny_gguf(tmp_path / "tiny.gguf")
-    patch = tmp_path / "patch.json"
-    patch.write_text(gguf_record(COEFFICIENTS).to_text(), encoding="utf-8")
-    result = invoke("export", str(source), "--patch", str(patch), "-o", str(tmp_path / "out"), "--gguf", "-q")
-    assert result.exit_code == 0, result.output
-    exported = tmp_path / "out" / "tiny-pear.gguf"
+    source, _, exported = _exported_from_the_command_line(tmp_path)
     assert gguf_hash(str(exported)) == {"file": "tiny-pear.gguf", "sha256": _digest(exported)}
     assert gguf_hash(str(tmp_path)) is None and gguf_hash("tiny/base") is None  # a folder, a Hub id
     converted = LoadedModel(tiny_model("llama"), None, Source(str(exported), str(tmp_path / "cache"), None))
