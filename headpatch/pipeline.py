@@ -380,7 +380,7 @@ def check_report_matches(out: Path, results: dict[str, Any]) -> None:
     evaluate: compared by the weight files' sha256 where the report recorded it and the folder holds them, and for a
     GGUF export by the sha256 of the GGUF file the evaluated model was converted from (its weight hash covers the
     de-quantized copy in the cache)."""
-    from headpatch.evaluation.models import folder_gguf_hashes, folder_weights_hash
+    from headpatch.evaluation.models import folder_weights_hash
 
     if not (out / "headpatch.json").is_file():
         raise HeadpatchError(f"{out} is not a headpatch export (no headpatch.json); `card` adds evaluations to "
@@ -391,7 +391,7 @@ def check_report_matches(out: Path, results: dict[str, Any]) -> None:
     if recorded and held and recorded != held:
         raise HeadpatchError(f"the report evaluated other weights than {out} holds (sha256 {recorded[:12]}... of "
                              f"the evaluated model, {held[:12]}... here)")
-    ggufs = folder_gguf_hashes(out)
+    ggufs = folder_weights_hash(out, (".gguf",))["files"]
     if ggufs and (evaluated.get("gguf") or {}).get("sha256") not in ggufs.values():
         raise HeadpatchError(f"the report did not evaluate the GGUF file {out} holds ({', '.join(ggufs)}); evaluate "
                              "that file (`headpatch eval OUT/FILE.gguf --against SOURCE`) and add that report")

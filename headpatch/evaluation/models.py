@@ -39,14 +39,9 @@ def gguf_hash(name: str) -> dict[str, str] | None:
     return {"file": path.name, "sha256": _file_sha256(path)}
 
 
-def folder_gguf_hashes(folder: Path) -> dict[str, str]:
-    """sha256 of each GGUF file directly in `folder`, by name."""
-    return {path.name: _file_sha256(path) for path in sorted(folder.glob("*.gguf")) if path.is_file()}
-
-
-def folder_weights_hash(folder: Path | None) -> dict[str, Any]:
-    """weights_hash of the checkpoint directory `folder` (None: not on disk)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES) if folder else []
+def folder_weights_hash(folder: Path | None, suffixes: tuple[str, ...] = WEIGHT_SUFFIXES) -> dict[str, Any]:
+    """weights_hash of the checkpoint directory `folder` (None: not on disk), over its files ending in `suffixes`."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in suffixes) if folder else []
     if not files:
         return {"sha256": None, "files": {}, "note": "weight files not found on disk"}
     hashes = {path.name: _file_sha256(path) for path in files}

@@ -146,9 +146,7 @@ def spread_windows(windows: torch.Tensor, count: int) -> torch.Tensor:
     total = len(windows)
     if count >= total:
         return windows
-    if count == 1:
-        return windows[:1]
-    return windows[[round(i * (total - 1) / (count - 1)) for i in range(count)]]
+    return windows[[round(i * (total - 1) / max(count - 1, 1)) for i in range(count)]]
 
 
 def _log_probs(model: Any, ids: torch.Tensor, lower: LowerStates | None = None, row: int = 0) -> torch.Tensor:
